@@ -1,0 +1,74 @@
+"""keras_effnet: the EfficientNet family for Keras 3, from a notebook to a phone.
+
+    import keras_effnet
+    model = keras_effnet.EfficientNetLite0(weights="imagenet")
+    keras_effnet.decode_predictions(model.predict(images))
+
+Named variants (B0-B7, Lite0-4, EdgeTPU-S/M/L) equal the published models;
+`EfficientNet(phi=...)` builds any compound coefficient.
+"""
+
+from keras_effnet.layers import Normalization
+from keras_effnet.preprocessing import (
+    decode_predictions,
+    imagenet_classes,
+    load_image,
+    preprocess_input,
+)
+from keras_effnet.profile import ModelProfile, profile
+from keras_effnet.scaling import compound_coefficients, flops_multiplier, plan_blocks
+from keras_effnet.specs import VARIANTS, StageSpec, VariantSpec, get_variant, variant_names
+from keras_effnet.variants import (
+    EfficientNet,
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    EfficientNetB4,
+    EfficientNetB5,
+    EfficientNetB6,
+    EfficientNetB7,
+    EfficientNetEdgeTPUL,
+    EfficientNetEdgeTPUM,
+    EfficientNetEdgeTPUS,
+    EfficientNetLite0,
+    EfficientNetLite1,
+    EfficientNetLite2,
+    EfficientNetLite3,
+    EfficientNetLite4,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EfficientNet",
+    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
+    "EfficientNetB4", "EfficientNetB5", "EfficientNetB6", "EfficientNetB7",
+    "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "EfficientNetLite3",
+    "EfficientNetLite4",
+    "EfficientNetEdgeTPUS", "EfficientNetEdgeTPUM", "EfficientNetEdgeTPUL",
+    "Normalization",
+    "ModelProfile",
+    "StageSpec",
+    "VARIANTS",
+    "VariantSpec",
+    "build",
+    "compound_coefficients",
+    "decode_predictions",
+    "flops_multiplier",
+    "get_variant",
+    "imagenet_classes",
+    "load_image",
+    "plan_blocks",
+    "preprocess_input",
+    "profile",
+    "variant_names",
+]
+
+
+def build(variant: str, **kwargs):
+    """Build a named variant by string ('b4', 'lite0', 'edgetpu-s'); kwargs as for
+    `EfficientNetB0`."""
+    from keras_effnet.builder import build_efficientnet
+
+    return build_efficientnet(get_variant(variant), **kwargs)

