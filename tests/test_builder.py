@@ -1,0 +1,215 @@
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_effnet as ke
+
+KERAS_PARAMS = {  # keras.applications EfficientNetB0-B7 count_params()
+    "b0": 5_330_571, "b1": 7_856_239, "b2": 9_177_569, "b3": 12_320_535,
+    "b4": 19_466_823, "b5": 30_562_527, "b6": 43_265_143, "b7": 66_658_687,
+}
+
+
+def _keras_app(variant, **kwargs):
+    constructor = getattr(keras.applications, ke.get_variant(variant).constructor_name)
+    return constructor(weights=None, **kwargs)
+
+
+def _signature(model):
+    """Layer names (auto-numbering stripped) and, per weighted layer, its weight shapes."""
+    names = [re.sub(r"^(input_layer|rescaling|normalization)(_\d+)?$", r"\1", layer.name)
+             for layer in model.layers]
+    weights = [(layer.name if not layer.name.startswith("normalization") else "normalization",
+                [tuple(w.shape) for w in layer.trainable_weights + layer.non_trainable_weights])
+               for layer in model.layers if layer.weights]
+    return names, weights
+
+
+@pytest.mark.parametrize("variant", list(KERAS_PARAMS))
+def test_b_variants_equal_keras_applications(variant):
+    ours = ke.build(variant, weights=None)
+    assert ours.count_params() == KERAS_PARAMS[variant]
+    theirs = _keras_app(variant)
+    assert theirs.count_params() == KERAS_PARAMS[variant]
+    assert _signature(ours) == _signature(theirs)
+    assert ours.name == theirs.name
+
+
+@pytest.mark.parametrize("variant,params", [
+    ("lite0", 4_694_031), ("lite1", 5_470_351), ("lite2", 6_150_175), ("lite3", 8_273_775),
+    ("lite4", 13_118_943), ("edgetpu-s", 5_489_839), ("edgetpu-m", 6_967_311),
+    ("edgetpu-l", 10_681_927),
+])
+def test_lite_and_edgetpu_params(variant, params):
+    # Lite: tensorflow/tpu lite README lists 4.7M, 5.4M, 6.1M, 8.2M, 13.0M
+    assert ke.build(variant, weights=None).count_params() == params
+
+
+def test_lite_has_no_se_and_relu6():
+    model = ke.EfficientNetLite0(weights=None)
+    assert not [layer for layer in model.layers if "se_" in layer.name]
+    acts = {layer.get_config()["activation"] for layer in model.layers
+            if isinstance(layer, keras.layers.Activation)}
+    assert acts == {"relu6"}
+
+
+def test_edgetpu_fused_blocks_have_no_depthwise():
+    model = ke.EfficientNetEdgeTPUS(weights=None)
+    fused = [layer for layer in model.layers if re.match(r"block[123]", layer.name)]
+    assert fused and not [layer for layer in fused if "dwconv" in layer.name]
+    assert model.get_layer("block1a_expand_conv").kernel_size == (3, 3)
+    assert model.get_layer("block2a_project_conv").strides == (2, 2)
+    assert model.get_layer("predictions").units == 1000
+
+
+def test_no_lambda_layers_and_config_round_trip():
+    model = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3))
+    assert not [layer for layer in model.layers if isinstance(layer, keras.layers.Lambda)]
+    config = model.get_config()
+    clone = keras.Model.from_config(copy.deepcopy(config))  # from_config consumes its dict
+    assert clone.get_config() == config
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_from_config_alone_keeps_preprocessing():
+    model = ke.EfficientNetLite0(weights=None, input_shape=(32, 32, 3), include_top=False)
+    clone = keras.Model.from_config(model.get_config())
+    layer = clone.get_layer("normalization")
+    x = np.ones((1, 4, 4, 3), "float32")  # what the layer sees after Rescaling(1/255) of 255
+    np.testing.assert_allclose(np.asarray(layer(x)), (255 - 127) / 128, rtol=1e-5)
+
+
+def test_keras_file_save_load_safe_mode(tmp_path):
+    model = ke.EfficientNetLite0(weights=None, input_shape=(64, 64, 3), classes=7)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert loaded.get_layer("normalization").std == model.get_layer("normalization").std
+
+
+def test_preprocessing_same_whatever_weights(skimage_photos):
+    from conftest import photo_batch
+
+    x = photo_batch(skimage_photos, 224)
+    with_pre = ke.EfficientNetB0(weights=None, classifier_activation=None)
+    without = ke.EfficientNetB0(weights=None, include_preprocessing=False,
+                                classifier_activation=None)
+    without.set_weights([w for layer in with_pre.layers if layer.name != "normalization"
+                         for w in layer.get_weights()])
+    manual = ke.preprocess_input(x, variant="b0")
+    np.testing.assert_allclose(without.predict(manual, verbose=0),
+                               with_pre.predict(x, verbose=0), atol=1e-4)
+    assert ke.preprocess_input(x) is x  # keras.applications-compatible pass-through
+
+
+def test_feature_extractor_and_pooling():
+    model = ke.EfficientNetB0(weights=None, include_top=False)
+    assert model.output_shape == (None, None, None, 1280)
+    pooled = ke.EfficientNetB3(weights=None, include_top=False, pooling="max",
+                               input_shape=(96, 128, 3))
+    assert pooled.output_shape == (None, 1536)
+    tensor = keras.Input((64, 64, 3))
+    nested = ke.EfficientNetLite0(weights=None, input_tensor=tensor, classes=5)
+    assert nested.input_shape == (None, 64, 64, 3) and nested.output_shape == (None, 5)
+
+
+def test_stochastic_depth_linear_and_dropout_defaults():
+    model = ke.EfficientNetB4(weights=None, drop_connect_rate=0.3, input_shape=(64, 64, 3))
+    rates = [layer.rate for layer in model.layers if layer.name.endswith("_drop")]
+    assert rates == sorted(rates) and max(rates) < 0.3
+    assert model.get_layer("top_dropout").rate == 0.4
+    assert not [layer for layer in ke.EfficientNetB0(weights=None, dropout_rate=0.0).layers
+                if layer.name == "top_dropout"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"input_shape": (224, 224, 1), "weights": "imagenet"}, "channels"),
+    ({"input_shape": (31, 64, 3), "weights": None}, "at least 32"),
+    ({"classes": 10, "weights": "imagenet"}, "classes=10"),
+    ({"weights": "no/such/file.h5"}, "no such file"),
+    ({"pooling": "mean", "weights": None, "include_top": False}, "pooling"),
+    ({"classifier_activation": "relu", "weights": "imagenet"}, "classifier_activation"),
+    ({"drop_connect_rate": 1.0, "weights": None}, "drop_connect_rate"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ke.EfficientNetB0(**kwargs)
+
+
+def test_weights_unavailable_variants_say_where_to_get_them():
+    with pytest.raises(ValueError, match=r"tensorflow/tpu.*efficientnet-lite3\.tar\.gz"):
+        ke.EfficientNetLite3(weights="imagenet")
+    with pytest.raises(ValueError, match=r"edgetpu-S\.tar\.gz.*1001"):
+        ke.EfficientNetEdgeTPUS(weights="imagenet")
+
+
+def test_compound_scaling_any_phi():
+    small = ke.EfficientNet(phi=-1, weights=None)
+    b0 = ke.EfficientNet(weights=None)
+    big = ke.EfficientNet(phi=1.5, weights=None)
+    assert small.count_params() < b0.count_params() == KERAS_PARAMS["b0"] < big.count_params()
+    assert small.input_shape[1] == 196 and big.input_shape[1] == round(224 * 1.15**1.5 / 4) * 4
+    lite = ke.EfficientNet(phi=2, base="lite0", weights=None)
+    assert lite.get_layer("stem_conv").filters == 32  # Lite keeps its stem when scaled
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        ke.EfficientNet(phi=1, weights="imagenet")
+    with pytest.raises(ValueError, match="not both"):
+        ke.EfficientNet(resolution=300, resolution_coefficient=1.2)
+
+
+def test_paper_table7_models_are_one_call_each():
+    depth = ke.EfficientNet(depth_coefficient=4, weights=None)
+    width = ke.EfficientNet(width_coefficient=2, weights=None)
+    res = ke.EfficientNet(resolution_coefficient=2, weights=None)
+    compound = ke.EfficientNet(depth_coefficient=1.4, width_coefficient=1.2,
+                               resolution_coefficient=1.3, weights=None)
+    assert res.input_shape[1:3] == (448, 448)
+    assert compound.input_shape[1:3] == (292, 292)
+    assert width.get_layer("stem_conv").filters == 64
+    macs = {label: ke.profile(m).macs for label, m in
+            (("d", depth), ("w", width), ("r", res), ("compound", compound))}
+    # paper Table 7: the compound model has 1.8 B FLOPs
+    assert macs["compound"] == pytest.approx(1.8e9, rel=0.05)
+    # single-dimension models: FLOPs grow ~ d, w**2, r**2 (the paper's labels are rounded:
+    # it lists 1.8-1.9 B where exact d=4, w=2, r=2 give 1.45-1.58 B)
+    b0 = ke.profile(ke.EfficientNetB0(weights=None)).macs
+    assert macs["r"] == pytest.approx(4 * b0, rel=0.02)
+    assert all(1.4e9 < m < 2.0e9 for m in macs.values())
+
+
+def test_tiny_variant_trains_one_step():
+    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(32, 32, 3), classes=3)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    history = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_builds_and_runs_under_jax_backend(tmp_path):
+    pytest.importorskip("jax")
+    script = (
+        "import json, numpy as np, keras, keras_effnet as ke\n"
+        "m = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3))\n"
+        "y = m.predict(np.full((2, 64, 64, 3), 128, 'float32'), verbose=0)\n"
+        "print(json.dumps({'backend': keras.backend.backend(), 'params': m.count_params(),"
+        " 'shape': list(y.shape), 'sum': float(y.sum())}))\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax"
+    assert result["params"] == KERAS_PARAMS["b0"]
+    assert result["shape"] == [2, 1000] and abs(result["sum"] - 2.0) < 1e-4
