@@ -381,6 +381,8 @@ def _official_keras_file(variant: VariantSpec, include_top: bool) -> str:
     fname = f"{variant.model_name}{'' if include_top else '_notop'}.h5"
     md5 = top_md5 if include_top else notop_md5
     target = os.path.join(cache_dir(), "models", fname)
+    # get_file silently falls back to /tmp/.keras when the cache folder does not exist yet
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
         return keras.utils.get_file(fname, base_url() + fname, cache_subdir="models",
                                     file_hash=md5, cache_dir=cache_dir())
