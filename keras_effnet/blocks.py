@@ -9,7 +9,7 @@ order of weighted layers.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from keras import layers
 
@@ -19,10 +19,10 @@ from keras_effnet.specs import FUSED, MBCONV
 __all__ = [
     "CONV_KERNEL_INITIALIZER",
     "DENSE_KERNEL_INITIALIZER",
-    "same_padding",
-    "mbconv_block",
-    "fused_block",
     "block_fn",
+    "fused_block",
+    "mbconv_block",
+    "same_padding",
 ]
 
 # keras.applications / tensorflow/tpu: He-style fan-out init for convolutions,

@@ -23,7 +23,7 @@ from keras_effnet.layers import Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VariantSpec
 
-__all__ = ["build_efficientnet", "MIN_INPUT_SIZE"]
+__all__ = ["MIN_INPUT_SIZE", "build_efficientnet"]
 
 MIN_INPUT_SIZE = 32  # five stride-2 reductions: 32 px leaves a 1x1 feature map
 

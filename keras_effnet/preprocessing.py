@@ -17,10 +17,10 @@ from keras_effnet.specs import get_variant
 
 __all__ = [
     "CROP_PADDING",
-    "preprocess_input",
     "decode_predictions",
     "imagenet_classes",
     "load_image",
+    "preprocess_input",
 ]
 
 # tensorflow/tpu preprocessing: evaluation crops size / (size + 32) of the
@@ -99,7 +99,7 @@ def load_image(source, size: int, crop_padding: int = CROP_PADDING) -> np.ndarra
     if size < 1 or crop_padding < 0:
         raise ValueError(f"size must be >= 1 and crop_padding >= 0, got {size}, {crop_padding}")
     width, height = img.size
-    crop = int(round(size / (size + crop_padding) * min(width, height)))
+    crop = round(size / (size + crop_padding) * min(width, height))
     left, top = (width - crop) // 2, (height - crop) // 2
     img = img.crop((left, top, left + crop, top + crop))
     img = img.resize((size, size), Image.BICUBIC)

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from keras_effnet.specs import StageSpec, VariantSpec
 
 __all__ = [
+    "BlockPlan",
     "compound_coefficients",
     "flops_multiplier",
+    "head_filters",
+    "plan_blocks",
     "round_filters",
     "round_repeats",
     "round_resolution",
-    "BlockPlan",
-    "plan_blocks",
     "stem_filters",
-    "head_filters",
 ]
 
 DEPTH_DIVISOR = 8  # paper / keras.applications: channel counts are multiples of 8
@@ -60,17 +60,17 @@ def round_filters(filters: int, width: float, divisor: int = DEPTH_DIVISOR) -> i
     # never round down by more than 10%: keeps small widths from collapsing
     if new < 0.9 * scaled:
         new += divisor
-    return int(new)
+    return new
 
 
 def round_repeats(repeats: int, depth: float) -> int:
     """Scale a repeat count by `depth`, rounding up so no stage disappears."""
-    return int(math.ceil(depth * repeats))
+    return math.ceil(depth * repeats)
 
 
 def round_resolution(resolution: float) -> int:
     """Nearest multiple of 4, as every published EfficientNet size is (224 ... 600)."""
-    return max(32, int(round(resolution / 4.0)) * 4)
+    return max(32, round(resolution / 4.0) * 4)
 
 
 @dataclass(frozen=True)

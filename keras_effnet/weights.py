@@ -41,14 +41,14 @@ from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VARIANTS, VariantSpec
 
 __all__ = [
+    "LITE_WEIGHT_PACKAGES",
     "OFFICIAL_BASE_URL",
     "OFFICIAL_KERAS_FILES",
-    "LITE_WEIGHT_PACKAGES",
     "base_url",
     "cache_dir",
     "load_into",
-    "read_weights_file",
     "pth_to_keras",
+    "read_weights_file",
 ]
 
 OFFICIAL_BASE_URL = "https://storage.googleapis.com/keras-applications/"
@@ -109,7 +109,7 @@ class FileWeights:
 
 
 def _read_legacy_h5(f: h5py.File, source: str) -> FileWeights:
-    group = f["model_weights"] if "model_weights" in f else f
+    group = f.get("model_weights", f)
     arrays = {}
     for name in _h5_attr_list(group, "layer_names"):
         layer_group = group[name]

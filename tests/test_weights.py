@@ -1,6 +1,6 @@
 import hashlib
 import http.server
-import os
+import pathlib
 import shutil
 import threading
 
@@ -220,7 +220,7 @@ def test_download_uses_variant_file_name_and_works_offline_after(mirror, monkeyp
 
 
 def test_md5_mismatch_is_refused_and_removed(mirror):
-    server, _, home = mirror  # the published md5 cannot match the served test file
+    _, _, home = mirror  # the published md5 cannot match the served test file
     with pytest.raises(ValueError, match=r"md5 .* expected 902e53a9f72be733fc0bcb005b3ebbac"):
         ke.EfficientNetB0(weights="imagenet")
     assert not (home / "models" / "efficientnetb0.h5").exists()
@@ -281,7 +281,7 @@ def test_lite_pth_path(tmp_path):
         ke.EfficientNetLite1(weights=pth)
     with pytest.raises(ValueError, match="truncated"):
         cut = tmp_path / "cut.pth"
-        data = open(pth, "rb").read()
+        data = pathlib.Path(pth).read_bytes()
         cut.write_bytes(data[: int(len(data) * 0.6)])
         ke.EfficientNetLite0(weights=str(cut))
 
