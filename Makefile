@@ -23,7 +23,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# also the slow tests: the PyTorch reference comparison needs torch (CPU) and its model code
 test-all: $(STAMP)
+	$(PY) -m pip install --quiet "torch==2.13.0" efficientnet_lite_pytorch
 	$(PY) -m pytest -q --run-slow tests
 
 bench: $(STAMP)

@@ -27,6 +27,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("images", str(REPO.parent / "shared" / "data" / "imagenet-sample"),
                     "labelled ImageNet photos for the Lite top-1 column ('' to skip)")
 flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
+flags.DEFINE_boolean("update_readme", True, "rewrite the generated table in README.md")
 
 # paper Table 2 (params, FLOPs, top-1); tpu lite README (params, MAdds, top-1)
 PUBLISHED = {
@@ -130,6 +131,19 @@ def _write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _update_readme(table_md: str) -> bool:
+    """Replace the README's generated block (between the model_table markers)."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- model_table:start -->", "<!-- model_table:end -->"
+    if start not in text or end not in text:
+        return False
+    body = table_md.split("\n", 2)[2]  # drop the file's own title
+    head, rest = text.split(start, 1)
+    _write(readme, head + start + "\n" + body + end + rest.split(end, 1)[1])
+    return True
+
+
 def main(argv):
     del argv
     import keras_effnet as ke
@@ -161,8 +175,11 @@ def main(argv):
     result = {"rows": rows, "lite_top1": top1, "images": str(images) if top1 else None,
               "seconds": round(time.time() - start, 1)}
     _write(out / "model_table.json", json.dumps(result, indent=2) + "\n")
-    _write(out / "model_table.md", _markdown(rows, top1, images.name if images else ""))
+    table_md = _markdown(rows, top1, images.name if images else "")
+    _write(out / "model_table.md", table_md)
     print(f"wrote {out / 'model_table.json'} and model_table.md ({result['seconds']} s)")
+    if FLAGS.update_readme and _update_readme(table_md):
+        print("updated the table in README.md")
 
 
 if __name__ == "__main__":
