@@ -387,8 +387,8 @@ def _official_keras_file(variant: VariantSpec, include_top: bool) -> str:
         return keras.utils.get_file(fname, base_url() + fname, cache_subdir="models",
                                     file_hash=md5, cache_dir=cache_dir())
     except ValueError as exc:
-        if os.path.exists(target) and _md5(target) != md5:
-            found = _md5(target)
+        found = _md5(target) if os.path.exists(target) else None
+        if found is not None and found != md5:
             os.remove(target)  # never leave a bad file where the next run would trust it
             raise ValueError(
                 f"{fname} from {base_url()} has md5 {found}, expected {md5} "
