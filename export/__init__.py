@@ -1,7 +1,67 @@
-"""keras_effnet.export: model -> SavedModel -> TFLite -> Edge TPU (work in progress, issue 3).
+"""keras_effnet.export: one call per target, SE treated on purpose, every
+artifact checked against the Keras model before it ships.
 
-Nothing is exported from here yet; the package exists so the install layout
-(`export/` installed as `keras_effnet.export`) is fixed from the start.
+    export_saved_model(model, path)                   TF Serving
+    to_tflite(model, path, mode, data, se=...)        phones: float32/float16/dynamic/int8/uint8
+    to_edgetpu(model, path, data, se=...)             Coral: uint8 file + op report
+    verify(artifact, model, images, labels)           agreement, accuracy, SQNR, size, latency
+    quantize_aware(model)                             QAT through tensorflow-model-optimization
+
+A pipeline of plain functions: model -> (SE transform) -> SavedModel ->
+TFLite -> Edge TPU. Artifacts are written to a temporary path and renamed.
 """
 
-__all__: list[str] = []
+from keras_effnet.export.data import (
+    bundled_photos,
+    calibration_views,
+    labels_from_names,
+    load_folder,
+    representative_images,
+)
+from keras_effnet.export.edgetpu import (
+    EDGETPU_OPS,
+    EdgeTPUMappingError,
+    EdgeTPUReport,
+    analyze_edgetpu,
+    parse_compiler_log,
+    to_edgetpu,
+)
+from keras_effnet.export.flatbuffer import read_model
+from keras_effnet.export.saved_model import export_saved_model
+from keras_effnet.export.se import SE_STRATEGIES, apply_se_strategy, find_se_blocks
+from keras_effnet.export.tflite import MODES, to_tflite
+from keras_effnet.export.verify import VerifyResult, format_table, keras_outputs, verify
+
+__all__ = [
+    "EDGETPU_OPS",
+    "MODES",
+    "SE_STRATEGIES",
+    "EdgeTPUMappingError",
+    "EdgeTPUReport",
+    "VerifyResult",
+    "analyze_edgetpu",
+    "apply_se_strategy",
+    "bundled_photos",
+    "calibration_views",
+    "export_saved_model",
+    "find_se_blocks",
+    "format_table",
+    "keras_outputs",
+    "labels_from_names",
+    "load_folder",
+    "parse_compiler_log",
+    "quantize_aware",
+    "read_model",
+    "representative_images",
+    "to_edgetpu",
+    "to_tflite",
+    "verify",
+]
+
+
+def quantize_aware(model, **kwargs):
+    """Quantization-aware training copy of `model` (needs the `qat` extra); see
+    keras_effnet.export.qat.quantize_aware."""
+    from keras_effnet.export.qat import quantize_aware as _quantize_aware
+
+    return _quantize_aware(model, **kwargs)

@@ -1,0 +1,93 @@
+"""Reading `.tflite` flatbuffers without running them: ops, tensors, constants.
+
+Uses the generated flatbuffer schema that LiteRT ships (TensorFlow carries the
+same module), so a model that needs a delegate we do not have (an Edge TPU
+compiled file) can still be inspected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "read_model"]
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple
+    signature: tuple
+    constant: bool
+    data: np.ndarray | None = None
+    index: int = -1
+
+
+@dataclasses.dataclass
+class OpInfo:
+    index: int
+    op: str
+    version: int
+    inputs: list
+    outputs: list
+    options: object = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclasses.dataclass
+class TFLiteGraph:
+    ops: list
+    inputs: list
+    outputs: list
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # TensorFlow carries the same generated module
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def read_model(source) -> TFLiteGraph:
+    """Ops and tensors of the first subgraph of a `.tflite` (bytes or a path)."""
+    schema = _schema()
+    content = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise ValueError(f"{source if not isinstance(source, bytes) else 'the data'} is not a "
+                         "TFLite flatbuffer (no TFL3 identifier)")
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+
+    def tensor(index):
+        t = graph.tensors[index]
+        buffer = model.buffers[t.buffer] if model.buffers and t.buffer < len(model.buffers) \
+            else None
+        data = None if buffer is None or buffer.data is None else np.asarray(buffer.data)
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
+        signature = tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None \
+            else shape
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        return TensorInfo(name, types.get(t.type, str(t.type)), shape, signature,
+                          data is not None and data.size > 0, data, index)
+
+    ops = []
+    for i, op in enumerate(graph.operators or []):
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = names.get(builtin, str(builtin))
+        if name == "CUSTOM":
+            custom = code.customCode
+            name = custom.decode() if isinstance(custom, bytes) else str(custom)
+        ins = [tensor(j) for j in (op.inputs if op.inputs is not None else []) if j >= 0]
+        outs = [tensor(j) for j in (op.outputs if op.outputs is not None else [])]
+        ops.append(OpInfo(i, name, code.version, ins, outs, op.builtinOptions))
+    return TFLiteGraph(ops, [tensor(j) for j in graph.inputs], [tensor(j) for j in graph.outputs])

@@ -1,0 +1,205 @@
+"""Squeeze-excitation (SE) and swish, treated on purpose before conversion.
+
+SE is global mean -> 1x1 conv -> swish -> 1x1 conv -> sigmoid -> multiply. The
+global mean squeezes a whole feature map into one int8 value per channel and
+the sigmoid gate rescales every activation of the block, which is where int8
+EfficientNets lose accuracy; the Edge TPU also refuses large global means.
+Each strategy is a graph transformation of the Keras model, weights carried:
+
+    keep    the model as it is
+    float   unchanged here; the converter keeps the SE ops in float (tflite.py)
+    hard    sigmoid -> hard sigmoid, swish -> hard swish, everywhere
+    pool    the SE global mean -> an AveragePooling2D over the whole map
+            (tensorflow/tpu's Lite and EdgeTPU builders do this for the Edge TPU)
+    remove  no SE at all, as in EfficientNet-Lite: accuracy needs fine-tuning after it
+
+Strategies combine with "+": "hard+pool".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers, ops
+
+__all__ = [
+    "SE_STRATEGIES",
+    "EdgeHardSwish",
+    "SEBlock",
+    "apply_se_strategy",
+    "find_se_blocks",
+    "parse_se",
+]
+
+SE_STRATEGIES = ("keep", "float", "hard", "pool", "remove")
+_SWISH = ("swish", "silu")
+_SIGMOID = ("sigmoid",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SEBlock:
+    """One squeeze-excitation sub-graph, by layer name."""
+
+    squeeze: str        # the GlobalAveragePooling2D
+    layers: tuple       # every layer from the squeeze to the gate, in order
+    excite: str         # the Multiply that applies the gate
+    spatial: tuple      # (H, W) of the squeezed feature map, None when dynamic
+
+
+def parse_se(se) -> tuple[str, ...]:
+    """'hard+pool' or ['hard', 'pool'] -> ('hard', 'pool'), checked."""
+    parts = se.split("+") if isinstance(se, str) else list(se)
+    parts = tuple(p.strip().lower() for p in parts if p.strip())
+    unknown = [p for p in parts if p not in SE_STRATEGIES]
+    if not parts or unknown:
+        raise ValueError(f"unknown SE strategy {se!r}: expected one of {', '.join(SE_STRATEGIES)}, "
+                         "or several joined with '+' (e.g. 'hard+pool')")
+    if "remove" in parts and len(parts) > 1 and set(parts) - {"remove", "hard"}:
+        raise ValueError(f"se={se!r}: 'remove' drops SE, so it combines only with 'hard'")
+    if "keep" in parts and len(parts) > 1:
+        parts = tuple(p for p in parts if p != "keep")
+    return parts
+
+
+def _history(tensor):
+    history = tensor._keras_history
+    return history.operation, history.node_index
+
+
+def _inbound(layer, node_index=0):
+    return layer._inbound_nodes[node_index].input_tensors
+
+
+def _walk(model: keras.Model):
+    """(layer, containing model) for every layer, nested functional models included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and hasattr(layer, "_inbound_nodes") and \
+                hasattr(layer, "layers"):
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def find_se_blocks(model: keras.Model) -> list[SEBlock]:
+    """Every SE sub-graph: a Multiply(x, gate) whose gate comes, through single-input
+    layers, from a GlobalAveragePooling2D of the same x. Works for this package's
+    models, keras.applications' EfficientNets and models that nest them."""
+    blocks = []
+    for layer in _walk(model):
+        if not isinstance(layer, layers.Multiply) or not layer._inbound_nodes:
+            continue
+        inputs = _inbound(layer)
+        if len(inputs) != 2:
+            continue
+        for features, gate in (inputs, inputs[::-1]):
+            path, tensor = [], gate
+            while True:
+                op, node_index = _history(tensor)
+                if isinstance(op, layers.InputLayer):
+                    break
+                path.append(op)
+                if isinstance(op, layers.GlobalAveragePooling2D):
+                    break
+                parents = _inbound(op, node_index)
+                if len(parents) != 1:
+                    break
+                tensor = parents[0]
+            if path and isinstance(path[-1], layers.GlobalAveragePooling2D):
+                squeeze = path[-1]
+                (source,) = _inbound(squeeze)
+                if source is features:
+                    spatial = tuple(source.shape[1:3])
+                    names = tuple(op.name for op in reversed(path))
+                    blocks.append(SEBlock(squeeze.name, names, layer.name,
+                                          None if None in spatial else spatial))
+                    break
+    return blocks
+
+
+@keras.saving.register_keras_serializable(package="keras_effnet")
+class EdgeHardSwish(layers.Layer):
+    """x * clip(x / 6 + 1/2, 0, 1), written so the TFLite converter keeps it as
+    MUL, ADD, RELU and MINIMUM (all on Coral's Edge TPU op list) instead of fusing
+    it into HARD_SWISH, which the Edge TPU compiler does not map
+    (google-coral/edgetpu#272). Numerically the same as keras' hard_swish."""
+
+    def call(self, x):
+        return x * ops.minimum(ops.relu(x * (1.0 / 6.0) + 0.5), 1.0)
+
+
+def _hard_name(activation, edgetpu: bool):
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+    if name in _SWISH:
+        return "edge_hard_swish" if edgetpu else "hard_swish"
+    if name in _SIGMOID:
+        return "hard_sigmoid"
+    return None
+
+
+def apply_se_strategy(model: keras.Model, se="keep", target: str = "tflite") -> keras.Model:
+    """A new model with the SE strategy applied (the same model for keep/float).
+
+    `target="edgetpu"` writes hard swish as `EdgeHardSwish` so that it maps on the
+    Edge TPU; for CPU TFLite it stays keras' hard_swish, which the converter fuses
+    into one fast HARD_SWISH kernel.
+    """
+    parts = parse_se(se)
+    structural = {"hard", "pool", "remove"} & set(parts)
+    if not structural:
+        return model
+    blocks = find_se_blocks(model)
+    if not blocks and {"pool", "remove"} & set(parts):
+        raise ValueError(f"se={se!r}: {model.name} has no squeeze-excitation blocks "
+                         "(a Multiply gated by a GlobalAveragePooling2D of its input) to change")
+    squeeze = {b.squeeze: b for b in blocks}
+    excite = {b.excite for b in blocks}
+    dropped = {name for b in blocks for name in b.layers}  # used by "remove" only
+    reshapes_after_pool = {b.layers[1] for b in blocks
+                           if len(b.layers) > 1 and "pool" in parts}
+    edgetpu = target == "edgetpu"
+    hard = "hard" in parts
+    weights, edge_activations = {}, {}
+
+    def clone(layer):
+        config = layer.get_config()
+        replacement = None
+        if hard and "activation" in config:
+            new = _hard_name(config["activation"], edgetpu)
+            if new == "edge_hard_swish":
+                config["activation"] = "linear"
+                replacement = "edge"
+            elif new:
+                config["activation"] = new
+        cloned = layer.__class__.from_config(config)
+        weights[layer.name] = layer
+        if replacement == "edge":
+            edge_activations[layer.name] = EdgeHardSwish(name=layer.name + "_hard_swish")
+        return cloned
+
+    def call(layer, *args, **kwargs):
+        name = layer.name
+        if "remove" in parts and name in excite:
+            return args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+        if "remove" in parts and name in dropped:
+            return layer(*args, **kwargs)  # unused branch: pruned from the new graph
+        if "pool" in parts and name in squeeze:
+            height, width = squeeze[name].spatial or (None, None)
+            if height is None:
+                raise ValueError(f"se='pool' needs a fixed input size: {name} sees a feature map "
+                                 "of unknown size; rebuild the model with input_shape=(H, W, 3)")
+            return layers.AveragePooling2D((height, width), name=name + "_pool")(args[0])
+        if name in reshapes_after_pool:
+            return args[0]  # the pooled map is already (N, 1, 1, C)
+        out = layer(*args, **kwargs)
+        edge = edge_activations.get(name)
+        return edge(out) if edge is not None else out
+
+    new = keras.models.clone_model(model, clone_function=clone, call_function=call,
+                                   recursive=True)
+    for layer in _walk(new):
+        source = weights.get(layer.name)
+        if source is not None and source.weights:
+            layer.set_weights(source.get_weights())
+    new._name = model.name
+    return new

@@ -1,0 +1,161 @@
+"""Keras model -> `.tflite`, in every mode a phone or a microcontroller wants.
+
+    float32   as trained
+    float16   float16 weights, float32 compute (half the file, GPU delegates like it)
+    dynamic   int8 weights, float activations (no calibration data needed)
+    int8      full integer kernels, float32 input and output
+    uint8     full integer kernels, uint8 input (raw pixels) and uint8 output
+
+The model is first written as a SavedModel with a static input signature
+(Keras' ExportArchive), then handed to `tf.lite.TFLiteConverter`; the
+calibration images go through the model's own preprocessing, which lives
+inside the model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from keras_effnet.export._atomic import atomic_output, check_destination
+from keras_effnet.export.data import batches_of_one, representative_images
+from keras_effnet.export.flatbuffer import read_model
+from keras_effnet.export.preprocess import fold_preprocessing
+from keras_effnet.export.se import apply_se_strategy, find_se_blocks, parse_se
+
+__all__ = ["MODES", "QUANTIZED_MODES", "convert", "input_size", "to_tflite"]
+
+MODES = ("float32", "float16", "dynamic", "int8", "uint8")
+QUANTIZED_MODES = ("int8", "uint8")  # the modes that need calibration images
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def input_size(model, image_size: int | None = None) -> tuple[int, int]:
+    """The (H, W) the artifact will take: the model's own, or `image_size`."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"expected a model taking (N, H, W, 3) RGB images, got input {shape}")
+    height, width = shape[1:3]
+    if image_size is not None:
+        if height is not None and (height, width) != (image_size, image_size):
+            raise ValueError(f"image_size={image_size} but the model takes {height}x{width} images")
+        return image_size, image_size
+    if height is None or width is None:
+        raise ValueError("the model takes images of any size; TFLite needs a fixed one: pass "
+                         "image_size=N (--image_size) or build it with input_shape=(N, N, 3)")
+    return height, width
+
+
+def _saved_model(model, folder: str, shape: tuple) -> None:
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    archive.write_out(folder, verbose=False)
+
+
+def se_node_names(tflite_bytes: bytes, model) -> list[str]:
+    """Output tensor names of the converted ops that belong to SE sub-graphs, for the
+    quantization debugger's denylist (the converter names tensors after layers)."""
+    layer_names = {name for block in find_se_blocks(model)
+                   for name in block.layers + (block.excite,)}
+    nodes = []
+    for op in read_model(tflite_bytes).ops:
+        for name in op.output_names:
+            parts = {piece.rsplit("_", 1)[0] if piece.rsplit("_", 1)[-1].isdigit() else piece
+                     for chunk in name.split(";") for piece in chunk.split("/")}
+            if parts & layer_names:
+                nodes.append(name)
+    return nodes
+
+
+def convert(model, mode: str, representative_data=None, se="keep", batch_size: int | None = 1,
+            image_size: int | None = None, target: str = "tflite", progress: bool = True,
+            images: np.ndarray | None = None) -> bytes:
+    """The `.tflite` bytes; nothing is written. `images` skips re-reading
+    `representative_data` when the caller has already checked it."""
+    import tensorflow as tf
+
+    check_mode(mode)
+    parts = parse_se(se)
+    height, width = input_size(model, image_size)
+    if mode in QUANTIZED_MODES and images is None:
+        images = representative_images(representative_data, (height, width, 3))
+    if "float" in parts and mode not in QUANTIZED_MODES:
+        raise ValueError(f"se='float' keeps SE in float inside an integer model; mode={mode!r} "
+                         "is not integer: use mode='int8' or 'uint8'")
+    transformed = fold_preprocessing(apply_se_strategy(model, parts, target=target))
+    with tempfile.TemporaryDirectory(prefix="keras_effnet_export_") as folder:
+        _saved_model(transformed, folder, (batch_size, height, width, 3))
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        if mode == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif mode in QUANTIZED_MODES:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: batches_of_one(images, progress)
+            if mode == "uint8":
+                converter.inference_input_type = tf.uint8
+                converter.inference_output_type = tf.uint8
+            if "float" in parts:
+                return _convert_se_float(converter, folder, transformed, images, progress)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return converter.convert()
+
+
+def _convert_se_float(converter, folder, model, images, progress) -> bytes:
+    """Integer everywhere but the SE ops, through the quantization debugger's denylist."""
+    import tensorflow as tf
+
+    float_converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+    nodes = se_node_names(float_converter.convert(), model)
+    if not nodes:
+        raise ValueError("se='float' found no SE ops in the converted graph to keep in float")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: batches_of_one(images, progress),
+        debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representative_data=None,
+              se="keep", *, batch_size: int | None = 1, image_size: int | None = None,
+              overwrite: bool = False, progress: bool = True) -> Path:
+    """Convert `model` to a `.tflite` file at `path` and return the path.
+
+    Args:
+        mode: float32, float16, dynamic, int8 (float I/O) or uint8 (uint8 I/O).
+        representative_data: calibration images for int8/uint8: a folder, a
+            tf.data.Dataset of images or (images, labels), or an (N, H, W, 3)
+            array, pixels 0-255. 100 or more recommended.
+        se: keep, float, hard, pool or remove (see keras_effnet.export.se), or
+            several joined with '+'.
+        batch_size: the static batch of the input (None: resizable at run time).
+        image_size: input size for models built without a fixed one.
+        overwrite: replace an existing file at `path`.
+    """
+    check_mode(mode)
+    parse_se(se)
+    path = check_destination(path, overwrite)
+    height, width = input_size(model, image_size)
+    images = None
+    if mode in QUANTIZED_MODES:
+        images = representative_images(representative_data, (height, width, 3))
+    content = convert(model, mode, se=se, batch_size=batch_size, image_size=image_size,
+                      progress=progress, images=images)
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_bytes(content)
+    return path
