@@ -4,6 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 IMAGES ?=
+# ../shared/data (next to a checkout in the workplace) adds labelled ImageNet photos
+# to the demo's verification and Coral's photos to its calibration
+SHARED := $(wildcard ../shared/data)
+DEMO_FLAGS := $(if $(SHARED),--images ../shared/data/imagenet-sample --calibration ../shared/data/photos)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -17,8 +21,10 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# classify photos with Lite0's real weights, then export it to every format and verify each
 demo: $(STAMP)
 	$(VENV)/bin/keras-effnet classify $(IMAGES)
+	$(VENV)/bin/keras-effnet export --model lite0 --out build/demo --overwrite $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

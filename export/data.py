@@ -196,6 +196,7 @@ def batches_of_one(images: np.ndarray, progress: bool = True,
                    title: str = "calibrating") -> Iterator[list[np.ndarray]]:
     """The converter's representative_dataset: one image at a time, with a progress bar."""
     bar = None
+    step = max(1, len(images) // 20)  # ~20 updates: readable in logs as well as terminals
     if progress:
         import keras
 
@@ -203,5 +204,5 @@ def batches_of_one(images: np.ndarray, progress: bool = True,
         bar = keras.utils.Progbar(len(images), unit_name="image")
     for i, image in enumerate(images):
         yield [image[None].astype(np.float32)]
-        if bar is not None:
+        if bar is not None and ((i + 1) % step == 0 or i + 1 == len(images)):
             bar.update(i + 1)

@@ -337,7 +337,7 @@ def to_edgetpu(model, path: str | os.PathLike, representative_data, se="keep", *
     height, width = input_size(model, image_size)
     images = representative_images(representative_data, (height, width, 3))
     content = convert(model, "uint8", se=se, batch_size=1, image_size=image_size,
-                      target="edgetpu", progress=progress, images=images)
+                      progress=progress, images=images)
     report = analyze_edgetpu(content)
     report.path = str(path)
     if strict and not report.all_mapped:

@@ -31,7 +31,7 @@ def logits_model(model):
     if not isinstance(last, keras.layers.Dense) or \
             getattr(activation, "__name__", "") != "softmax":
         return None
-    features = keras.Model(model.inputs, [model.output, last.input])
+    features = keras.Model(model.input, [model.output, last.input])
 
     def run(images, training=False):
         probabilities, pooled = features(images, training=training)

@@ -81,7 +81,7 @@ def se_node_names(tflite_bytes: bytes, model) -> list[str]:
 
 
 def convert(model, mode: str, representative_data=None, se="keep", batch_size: int | None = 1,
-            image_size: int | None = None, target: str = "tflite", progress: bool = True,
+            image_size: int | None = None, progress: bool = True,
             images: np.ndarray | None = None) -> bytes:
     """The `.tflite` bytes; nothing is written. `images` skips re-reading
     `representative_data` when the caller has already checked it."""
@@ -95,7 +95,7 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
     if "float" in parts and mode not in QUANTIZED_MODES:
         raise ValueError(f"se='float' keeps SE in float inside an integer model; mode={mode!r} "
                          "is not integer: use mode='int8' or 'uint8'")
-    transformed = fold_preprocessing(apply_se_strategy(model, parts, target=target))
+    transformed = fold_preprocessing(apply_se_strategy(model, parts))
     with tempfile.TemporaryDirectory(prefix="keras_effnet_export_") as folder:
         _saved_model(transformed, folder, (batch_size, height, width, 3))
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)

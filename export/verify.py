@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +94,11 @@ def _interpreter(path, threads: int, preserve: bool = False):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # numpy < 2 environments: the last tflite-runtime
         from tflite_runtime.interpreter import Interpreter
-    return Interpreter(model_path=str(path), num_threads=threads,
-                       experimental_preserve_all_tensors=preserve)
+    with warnings.catch_warnings():
+        # preserving tensors is how the logits are read; the warning only says it costs memory
+        warnings.simplefilter("ignore", UserWarning)
+        return Interpreter(model_path=str(path), num_threads=threads,
+                           experimental_preserve_all_tensors=preserve)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -113,12 +117,16 @@ def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
     return (x.astype(np.float32) - zero) * scale
 
 
-def _run_tflite(path: Path, images: np.ndarray):
-    graph = read_model(path)
+def _check_runnable(path: Path, graph) -> None:
     if any(op.op == "edgetpu-custom-op" for op in graph.ops):
         raise ValueError(f"{path} is compiled for the Edge TPU (edgetpu-custom-op): it runs only "
                          "through the Edge TPU delegate on a Coral device. Verify the "
                          "uncompiled .tflite that to_edgetpu wrote instead.")
+
+
+def _run_tflite(path: Path, images: np.ndarray):
+    graph = read_model(path)
+    _check_runnable(path, graph)
     softmax = [op for op in graph.ops if op.op == "SOFTMAX"]
     logits_index = softmax[-1].inputs[0].index if softmax else None
     interpreter = _interpreter(path, os.cpu_count() or 1, preserve=logits_index is not None)
@@ -255,6 +263,8 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         if labels.shape != (len(images),):
             raise ValueError(f"expected {len(images)} labels, got shape {labels.shape}")
 
+    if path.is_file():
+        _check_runnable(path, read_model(path))
     ref_probs, ref_logits = reference if reference is not None else keras_outputs(model, images)
     if path.is_dir():
         if not (path / "saved_model.pb").exists():

@@ -4,6 +4,8 @@
     keras-effnet info --phi 2.5           the same for any compound coefficient
     keras-effnet classify [IMAGE ...]     top-5 classes of scikit-image's chelsea
                                           and coffee, and of any images given
+    keras-effnet export --out DIR         SavedModel + every TFLite mode + Edge TPU,
+                                          each verified against the Keras model
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ flags.DEFINE_string("weights", "imagenet", "'imagenet', a weight file, or 'none'
 flags.DEFINE_integer("top", 5, "how many classes `classify` prints per image")
 flags.DEFINE_float("phi", None, "compound coefficient for `info` instead of a named variant")
 flags.DEFINE_boolean("stages", False, "`info` also prints the scaled stage table")
+flags.DEFINE_string("out", None, "`export`: folder for the artifacts")
+flags.DEFINE_list("formats", None, "`export`: some of saved_model,float32,float16,dynamic,"
+                  "int8,uint8,edgetpu (default: all)")
+flags.DEFINE_string("se", "keep", "`export`: SE strategy keep|float|hard|pool|remove, or "
+                    "several joined with '+'")
+flags.DEFINE_multi_string("calibration", [], "`export`: folder of calibration photos (repeatable); "
+                          "fewer than 100 are expanded with random crops")
+flags.DEFINE_multi_string("images", [], "`export`: folder of evaluation images (repeatable); "
+                          "labels come from names like 207_n02099601_x.JPEG")
+flags.DEFINE_integer("runs", 20, "`export`: timed batch-1 runs per artifact (0: no timing)")
+flags.DEFINE_boolean("overwrite", False, "`export`: replace existing artifacts")
 
 _USAGE = __doc__
 
@@ -91,15 +104,45 @@ def _classify(paths: list[str]) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "classify": _classify}
+def _export(args: list[str]) -> int:
+    import keras_effnet as ke
+    from keras_effnet.export import bundled_photos, labels_from_names, load_folder
+    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all
+
+    if args:
+        raise app.UsageError(f"export takes flags only, got {args}")
+    if not FLAGS.out:
+        raise app.UsageError("export needs --out DIR")
+    variant = ke.get_variant(FLAGS.model)
+    weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
+    model = ke.build(variant.name, weights=weights)
+    size = variant.resolution
+    eval_sets = {"scikit-image photos": (bundled_photos(size)[0], None)}
+    for folder in FLAGS.images:
+        images, names = load_folder(folder, size)
+        eval_sets[folder] = (images, labels_from_names(names))
+    formats = FLAGS.formats or list(FORMATS)
+    calibration = None
+    if {"int8", "uint8", "edgetpu"} & set(formats):
+        calibration = calibration_set(size, FLAGS.calibration)
+    print(f"{variant.constructor_name}, weights={weights}, {size} px -> {FLAGS.out}")
+    export_all(model, FLAGS.out, formats, se=FLAGS.se, calibration=calibration,
+               eval_sets=eval_sets, overwrite=FLAGS.overwrite, runs=FLAGS.runs)
+    return 0
+
+
+_COMMANDS = {"info": _info, "classify": _classify, "export": _export}
 
 
 def main(argv: list[str]) -> int:
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
     if len(argv) < 2 or argv[1] not in _COMMANDS:
         raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
     try:
         return _COMMANDS[argv[1]](argv[2:])
-    except ValueError as exc:  # bad user input: one clear line, no traceback
+    except (ValueError, FileExistsError) as exc:  # bad input: one clear line, no traceback
         print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
         return 2
 

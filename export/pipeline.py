@@ -1,0 +1,113 @@
+"""The whole export job in one call: every format, each verified, one table.
+
+`keras-effnet export` and `make demo` run this; a notebook can too:
+
+    results = export_all(model, "build/lite0", calibration=calibration_set(224))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from keras_effnet.export._atomic import atomic_output
+from keras_effnet.export.data import (
+    MIN_CALIBRATION_IMAGES,
+    bundled_photos,
+    calibration_views,
+    image_files,
+)
+from keras_effnet.export.edgetpu import to_edgetpu
+from keras_effnet.export.saved_model import export_saved_model
+from keras_effnet.export.se import parse_se
+from keras_effnet.export.tflite import MODES, input_size, to_tflite
+from keras_effnet.export.verify import format_table, keras_outputs, verify
+
+__all__ = ["FORMATS", "artifact_name", "calibration_set", "export_all"]
+
+FORMATS = ("saved_model",) + MODES + ("edgetpu",)
+
+
+def artifact_name(model_name: str, fmt: str, se: str = "keep") -> str:
+    suffix = "" if se == "keep" else "_se-" + se.replace("+", "-")
+    if fmt == "saved_model":
+        return f"{model_name}_saved_model{suffix}"
+    return f"{model_name}_{fmt}{suffix}.tflite"
+
+
+def calibration_set(size: int, folders: list | None = None,
+                    count: int = MIN_CALIBRATION_IMAGES, seed: int = 0):
+    """Calibration images: a folder with `count` or more images is used as it is;
+    otherwise `count` random crops and flips of scikit-image's photos plus those in
+    `folders`, so a handful of photos still gives varied activation ranges."""
+    folders = [Path(f) for f in folders or []]
+    files = [p for folder in folders for p in image_files(folder)]
+    if len(folders) == 1 and len(files) >= count:
+        return str(folders[0])
+    sources = list(bundled_photos()[0]) + [str(p) for p in files]
+    return calibration_views(sources, size, count, seed)
+
+
+def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "keep",
+               calibration=None, eval_sets: dict | None = None, overwrite: bool = False,
+               runs: int = 20, progress: bool = True, log=print) -> dict:
+    """Export `model` to every format in `formats` under `out_dir`, verify each on
+    every evaluation set ({name: (images, labels or None)}), print the tables, and
+    write `<out_dir>/export_report.json`. Returns the same data."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}: expected some of {', '.join(FORMATS)}")
+    parse_se(se)
+    height, _ = input_size(model)
+    out_dir = Path(out_dir)
+    quantized = {"int8", "uint8", "edgetpu"} & set(formats)
+    if quantized and calibration is None:
+        calibration = calibration_set(height)
+    eval_sets = eval_sets or {"photos": (bundled_photos(height)[0], None)}
+    references = {name: keras_outputs(model, images) for name, (images, _) in eval_sets.items()}
+
+    report: dict = {"model": model.name, "se": se, "artifacts": {}, "edgetpu": None}
+    results: dict = {name: [] for name in eval_sets}
+    for fmt in formats:
+        path = out_dir / artifact_name(model.name, fmt, se)
+        start = time.perf_counter()
+        if fmt == "saved_model":
+            export_saved_model(model, path, overwrite=overwrite)
+        elif fmt == "edgetpu":
+            edgetpu = to_edgetpu(model, path, calibration, se=se, overwrite=overwrite,
+                                 progress=progress)
+            report["edgetpu"] = edgetpu.to_dict()
+        else:
+            to_tflite(model, path, fmt, calibration if fmt in ("int8", "uint8") else None,
+                      se=se, overwrite=overwrite, progress=progress)
+        seconds = time.perf_counter() - start
+        log(f"wrote {path} ({fmt}, se={se}) in {seconds:.0f} s")
+        report["artifacts"][fmt] = {"path": str(path), "export_seconds": round(seconds, 1)}
+        for i, (name, (images, labels)) in enumerate(eval_sets.items()):
+            result = verify(path, model, images, labels, runs=runs if i == 0 else 0,
+                            reference=references[name], name=fmt)
+            results[name].append(result)
+    for name, rows in results.items():
+        log("")
+        log(format_table(rows, f"{model.name}, se={se}: verified on {name} "
+                         f"({len(eval_sets[name][0])} images)"))
+    if report["edgetpu"] is not None:
+        log("")
+        log(edgetpu.summary())
+    report["verify"] = {name: [r.to_dict() for r in rows] for name, rows in results.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / "export_report.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=_jsonable))
+    return report
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

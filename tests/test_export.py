@@ -1,0 +1,425 @@
+"""Export layer: SE rewrites, every TFLite mode, the Edge TPU report, verify,
+safe writes. A small SE model (phi=-4) keeps conversions to a few seconds;
+Lite0 with real weights checks the accuracy promises when ../shared is there."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO
+
+import keras_effnet as ke
+from keras_effnet import export as kx
+from keras_effnet.export.data import calibration_views
+from keras_effnet.export.preprocess import fold_preprocessing
+
+
+def _small(size=64):
+    """A few-block SE model whose BatchNorm statistics come from real photos, so its
+    activations have realistic ranges for calibration."""
+    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(size, size, 3), classes=10,
+                            drop_connect_rate=0.0, dropout_rate=0.0)
+    photos = calibration_views(kx.bundled_photos()[0], size, 32, seed=3)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(photos, training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    return model
+
+
+@pytest.fixture(scope="module")
+def small():
+    pytest.importorskip("skimage")
+    return _small()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    pytest.importorskip("skimage")
+    return calibration_views(kx.bundled_photos()[0], 64, 24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    pytest.importorskip("skimage")
+    return calibration_views(kx.bundled_photos()[0], 64, 12, seed=7)
+
+
+def _io_types(path):
+    graph = kx.read_model(path)
+    return graph.inputs[0].dtype, graph.outputs[0].dtype
+
+
+# --- SE rewrites ------------------------------------------------------------------
+
+
+def test_se_blocks_found_in_ours_keras_applications_and_nested_models():
+    b0 = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3))
+    blocks = kx.find_se_blocks(b0)
+    assert len(blocks) == 16
+    assert blocks[0].squeeze == "block1a_se_squeeze" and blocks[0].excite == "block1a_se_excite"
+    assert blocks[0].spatial == (32, 32)
+    assert len(kx.find_se_blocks(keras.applications.EfficientNetB0(
+        weights=None, input_shape=(64, 64, 3)))) == 16
+    assert kx.find_se_blocks(ke.EfficientNetLite0(weights=None)) == []
+    inputs = keras.Input((64, 64, 3))
+    outer = keras.Model(inputs, keras.layers.Dense(4)(b0(inputs)))
+    assert len(kx.find_se_blocks(outer)) == 16
+
+
+def test_se_strategies_rewrite_the_graph_and_carry_weights(small, evaluation):
+    reference = small.predict(evaluation, verbose=0)
+    pooled = kx.apply_se_strategy(small, "pool")
+    assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D)
+                   for layer in pooled.layers if "se_" in layer.name)
+    np.testing.assert_allclose(pooled.predict(evaluation, verbose=0), reference, atol=1e-6)
+
+    removed = kx.apply_se_strategy(small, "remove")
+    assert not [layer for layer in removed.layers if "_se_" in layer.name]
+    se_params = sum(layer.count_params() for layer in small.layers if "_se_" in layer.name)
+    assert removed.count_params() == small.count_params() - se_params
+    assert removed.output_shape == small.output_shape
+
+    hard = kx.apply_se_strategy(small, "hard")
+    activations = {getattr(layer, "activation", None).__name__ for layer in hard.layers
+                   if hasattr(layer, "activation")}
+    assert not {"swish", "silu", "sigmoid"} & activations
+    assert any(isinstance(layer, kx.se.EdgeHardSwish) for layer in hard.layers)
+    # hard versions approximate the originals: same function family, not the same numbers
+    out = hard.predict(evaluation, verbose=0)
+    assert not np.allclose(out, reference, atol=1e-6)
+    assert np.corrcoef(out.ravel(), reference.ravel())[0, 1] > 0.5
+    assert kx.apply_se_strategy(small, "keep") is small
+
+
+def test_edge_hard_swish_is_keras_hard_swish():
+    x = np.linspace(-8, 8, 101).astype("float32")
+    np.testing.assert_allclose(np.asarray(kx.se.EdgeHardSwish()(x)),
+                               np.asarray(keras.activations.hard_swish(x)), atol=1e-6)
+
+
+def test_unknown_or_inapplicable_se_strategy_is_a_clear_error(small, tmp_path):
+    with pytest.raises(ValueError, match="expected one of keep, float, hard, pool, remove"):
+        kx.to_tflite(small, tmp_path / "a.tflite", "float32", se="squeeze")
+    with pytest.raises(ValueError, match="no squeeze-excitation blocks"):
+        kx.apply_se_strategy(ke.EfficientNetLite0(weights=None), "pool")
+    with pytest.raises(ValueError, match="not integer"):
+        kx.to_tflite(small, tmp_path / "a.tflite", "float32", se="float")
+    assert not list(tmp_path.iterdir())
+
+
+def test_fold_preprocessing_is_the_same_function():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    for model in (ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3)),
+                  ke.EfficientNetLite0(weights=None, input_shape=(64, 64, 3)),
+                  keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3))):
+        folded = fold_preprocessing(model)
+        names = [layer.name for layer in folded.layers]
+        assert "preprocessing" in names and "normalization" not in names
+        np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0),
+                                   atol=1e-6)
+
+
+# --- TFLite modes and verify ------------------------------------------------------------
+
+
+def test_every_tflite_mode_converts_and_verifies(small, calib, evaluation, tmp_path):
+    reference = kx.keras_outputs(small, evaluation)
+    results = {}
+    for mode in kx.MODES:
+        path = kx.to_tflite(small, tmp_path / f"{mode}.tflite", mode,
+                            calib if mode in ("int8", "uint8") else None, progress=False)
+        results[mode] = kx.verify(path, small, evaluation, runs=3, reference=reference)
+    assert _io_types(tmp_path / "uint8.tflite") == ("UINT8", "UINT8")
+    assert _io_types(tmp_path / "int8.tflite") == ("FLOAT32", "FLOAT32")
+    assert _io_types(tmp_path / "float32.tflite") == ("FLOAT32", "FLOAT32")
+    assert results["float32"].top1_agreement == 1.0
+    assert results["float32"].max_abs_prob_error < 1e-4 and results["float32"].sqnr_db > 60
+    assert results["float16"].sqnr_db > 30
+    for mode in ("dynamic", "int8", "uint8"):
+        assert 0 < results[mode].sqnr_db < results["float16"].sqnr_db
+    sizes = {mode: r.size_bytes for mode, r in results.items()}
+    assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["uint8"] < 0.4 * sizes["float32"]
+    assert all(r.latency_ms > 0 and r.images == len(evaluation) for r in results.values())
+    table = kx.format_table(list(results.values()))
+    assert table.count("\n") == len(results) + 1 and "logit SQNR" in table
+
+
+def test_float_strategy_keeps_only_se_ops_in_float(small, calib, tmp_path):
+    path = kx.to_tflite(small, tmp_path / "f.tflite", "uint8", calib, se="float", progress=False)
+    graph = kx.read_model(path)
+    float_ops = [op for op in graph.ops if op.op not in ("DEQUANTIZE", "QUANTIZE")
+                 and op.outputs[0].dtype == "FLOAT32"]
+    int_ops = [op for op in graph.ops if op.outputs[0].dtype == "INT8"]
+    assert float_ops and all("_se_" in op.output_names[0] for op in float_ops)
+    assert any(op.op == "CONV_2D" and "project_conv" in op.output_names[0] for op in int_ops)
+
+
+def test_representative_data_checks(small, calib, tmp_path):
+    dest = tmp_path / "q.tflite"
+    with pytest.raises(ValueError, match="needs representative_data"):
+        kx.to_tflite(small, dest, "int8")
+    with pytest.raises(ValueError, match="is empty"):
+        kx.to_tflite(small, dest, "int8", np.zeros((0, 64, 64, 3)))
+    with pytest.raises(ValueError, match=r"expected \(N, 64, 64, 3\)"):
+        kx.to_tflite(small, dest, "int8", np.zeros((4, 32, 32, 3)))
+    with pytest.raises(ValueError, match="unknown mode 'int4'"):
+        kx.to_tflite(small, dest, "int4", calib)
+    with pytest.raises(ValueError, match="not a folder"):
+        kx.to_tflite(small, dest, "int8", str(tmp_path / "missing"))
+    assert not dest.exists()
+    with pytest.warns(UserWarning, match="calibrating on 24 images"):
+        kx.representative_images(calib, (64, 64, 3))
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((calib, np.zeros(len(calib)))).batch(5)
+    assert kx.representative_images(dataset, (64, 64, 3), min_images=1).shape == (24, 64, 64, 3)
+
+
+def test_existing_destination_is_kept_without_overwrite(small, tmp_path):
+    dest = tmp_path / "m.tflite"
+    dest.write_bytes(b"user's file")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        kx.to_tflite(small, dest, "float32")
+    assert dest.read_bytes() == b"user's file"
+    kx.to_tflite(small, dest, "float32", overwrite=True)
+    assert dest.read_bytes()[4:8] == b"TFL3"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
+_KILLED_EXPORT = """
+import os, pathlib, sys, time
+import keras_effnet as ke
+from keras_effnet import export as kx
+model = ke.EfficientNet(phi=-4, weights=None, input_shape=(32, 32, 3), classes=3)
+real = pathlib.Path.write_bytes
+def slow_write(self, data):  # write half, then hang: the test kills us here
+    with open(self, "wb") as f:
+        f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+    print("HALF-WRITTEN", flush=True)
+    time.sleep(300)
+pathlib.Path.write_bytes = slow_write
+kx.to_tflite(model, sys.argv[1], "float32")
+"""
+
+
+def test_sigkill_mid_write_leaves_no_artifact_and_next_export_succeeds(tmp_path):
+    dest = tmp_path / "model.tflite"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        deadline = time.time() + 240
+        line = ""
+        while time.time() < deadline and "HALF-WRITTEN" not in line:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "HALF-WRITTEN" in line, "the export never reached its write"
+        leftovers = list(tmp_path.glob(".model.tflite.partial-*"))
+        assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not dest.exists()
+    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(32, 32, 3), classes=3)
+    kx.to_tflite(model, dest, "float32")
+    assert dest.read_bytes()[4:8] == b"TFL3"
+    assert not list(tmp_path.glob(".model.tflite.partial-*"))  # the dead export's file is swept
+
+
+# --- SavedModel ----------------------------------------------------------------------------
+
+
+def test_saved_model_serving_signatures(small, evaluation, tmp_path):
+    import tensorflow as tf
+
+    path = kx.export_saved_model(small, tmp_path / "sm", top_k=3)
+    loaded = tf.saved_model.load(str(path))
+    assert {"serving_default", "serving_uint8"} <= set(loaded.signatures)
+    out = loaded.signatures["serving_default"](images=tf.constant(evaluation[:4]))
+    assert set(out) == {"probabilities", "logits", "top_k_scores", "top_k_indices"}
+    expected = small.predict(evaluation[:4], verbose=0)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(out["top_k_indices"].numpy()[:, 0], expected.argmax(1))
+    as_uint8 = loaded.signatures["serving_uint8"](
+        images=tf.constant(np.round(evaluation[:4]).astype(np.uint8)))
+    assert as_uint8["probabilities"].shape == (4, 10)
+    result = kx.verify(path, small, evaluation, runs=3)
+    assert result.format == "saved_model" and result.top1_agreement == 1.0
+    assert result.sqnr_db > 60 and result.latency_ms > 0
+    with pytest.raises(FileExistsError):
+        kx.export_saved_model(small, path)
+
+
+def test_verify_rejects_bad_input(small, evaluation, tmp_path):
+    with pytest.raises(ValueError, match="no artifact"):
+        kx.verify(tmp_path / "nothing.tflite", small, evaluation)
+    path = kx.to_tflite(small, tmp_path / "f.tflite", "float32")
+    with pytest.raises(ValueError, match="expected 12 labels"):
+        kx.verify(path, small, evaluation, labels=[1, 2], runs=0)
+
+
+# --- Edge TPU -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_192():
+    pytest.importorskip("skimage")
+    return _small(192)
+
+
+def test_edgetpu_report_names_the_se_op_where_mapping_stops(small_192, tmp_path):
+    calib = calibration_views(kx.bundled_photos()[0], 192, 8)
+    with pytest.warns(UserWarning, match="calibrating on 8 images"):
+        report = kx.to_edgetpu(small_192, tmp_path / "keep.tflite", calib, progress=False)
+    first = report.first_unmapped
+    assert first.op == "MEAN" and first.layer == "block1a_se_squeeze"
+    assert "96x96" in first.reason and not report.all_mapped
+    assert all(op.status == "cpu" for op in report.ops[first.index + 1:])
+    assert "not on PATH" in report.note and (tmp_path / "keep.tflite").exists()
+    assert _io_types(tmp_path / "keep.tflite") == ("UINT8", "UINT8")
+
+    with pytest.warns(UserWarning):
+        fixed = kx.to_edgetpu(small_192, tmp_path / "hp.tflite", calib, se="hard+pool",
+                              strict=True, progress=False)
+    assert fixed.all_mapped and fixed.on_cpu == 0
+    ops = {op.op for op in fixed.ops}
+    assert "AVERAGE_POOL_2D" in ops and not {"LOGISTIC", "HARD_SWISH"} & ops
+    assert "all_mapped" in fixed.to_dict() and "ops map to the Edge TPU" in fixed.summary()
+
+
+def test_edgetpu_bad_input_writes_nothing(small_192, small, calib, tmp_path):
+    images = calibration_views(kx.bundled_photos()[0], 192, 4)
+    with pytest.raises(ValueError, match="static batch of 1"):
+        kx.to_edgetpu(small, tmp_path / "a.tflite", calib, batch_size=None)
+    with pytest.raises(kx.EdgeTPUMappingError, match="nothing was written"), \
+            pytest.warns(UserWarning):
+        kx.to_edgetpu(small_192, tmp_path / "b.tflite", images, strict=True, progress=False)
+    with pytest.raises(ValueError, match="fixed one"):
+        kx.to_edgetpu(ke.EfficientNetB0(weights=None, input_shape=(None, None, 3)),
+                      tmp_path / "c.tflite", images)
+    assert not list(tmp_path.iterdir())
+
+
+# A stand-in for Coral's edgetpu_compiler, which cannot be installed here (x86-64 Debian
+# apt package, not on PyPI): it writes the compiled file name and a log in the
+# compiler's format, so the code that runs the compiler and parses its log is exercised.
+_FAKE_COMPILER = """#!/bin/sh
+out=.
+while [ $# -gt 1 ]; do case "$1" in -o) out="$2"; shift 2;; *) shift;; esac; done
+name=$(basename "$1" .tflite)
+cp "$1" "$out/${name}_edgetpu.tflite"
+cat > "$out/${name}_edgetpu.log" <<EOF
+Edge TPU Compiler version 16.0.384591198
+Number of Edge TPU subgraphs: 1
+Total number of operations: 64
+Number of operations that will run on Edge TPU: 64
+Number of operations that will run on CPU: 0
+
+Operator                       Count      Status
+
+CONV_2D                        33         Mapped to Edge TPU
+DEPTHWISE_CONV_2D              17         Mapped to Edge TPU
+EOF
+echo "Edge TPU Compiler version 16.0.384591198"
+"""
+
+
+def test_compiler_on_path_is_run_and_its_log_parsed(small, calib, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    compiler = bin_dir / "edgetpu_compiler"
+    compiler.write_text(_FAKE_COMPILER)
+    compiler.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning):
+        report = kx.to_edgetpu(small, out / "m.tflite", calib, progress=False)
+    assert (out / "m_edgetpu.tflite").exists()
+    assert report.compiler["version"] == "16.0.384591198"
+    assert report.compiler["cpu_ops"] == 0 and report.compiler["edgetpu_ops"] == 64
+    assert ("CONV_2D", 33, "Mapped to Edge TPU") in report.compiler["ops"]
+
+
+def test_parse_compiler_log_counts_cpu_ops_from_rows():
+    log = textwrap.dedent("""\
+        Edge TPU Compiler version 15.0.340273435
+        Operator                       Count      Status
+
+        MEAN                           1          Operation is otherwise supported, but not mapped due to some unspecified limitation
+        CONV_2D                        40         Mapped to Edge TPU
+        LOGISTIC                       12         More than one subgraph is not supported
+        """)
+    parsed = kx.parse_compiler_log(log)
+    assert parsed["version"] == "15.0.340273435"
+    assert parsed["edgetpu_ops"] == 40 and parsed["cpu_ops"] == 13
+
+
+def test_compiled_model_gives_a_clear_message(shared_data, small):
+    compiled = shared_data / "tflite" / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+    report = kx.analyze_edgetpu(compiled)
+    assert report.compiled and "already compiled for the Edge TPU" in report.summary()
+    with pytest.raises(ValueError, match="Edge TPU delegate"):
+        kx.verify(compiled, small, np.zeros((1, 128, 128, 3)), runs=0)
+    plain = kx.analyze_edgetpu(shared_data / "tflite" / "mobilenet_v2_1.0_224_quant.tflite")
+    assert plain.all_mapped and not plain.compiled
+
+
+def test_not_a_tflite_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.tflite"
+    bad.write_bytes(b"hello world, not a flatbuffer")
+    with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
+        kx.analyze_edgetpu(bad)
+
+
+# --- real weights (needs ../shared/data) ---------------------------------------------------
+
+
+def test_lite0_artifacts_keep_accuracy_on_imagenet_sample(shared_data, tmp_path):
+    model = ke.EfficientNetLite0(weights="imagenet")
+    images, names = kx.load_folder(shared_data / "imagenet-sample", 224)
+    labels = kx.labels_from_names(names)
+    calibration = kx.calibration_views(
+        list(kx.bundled_photos()[0]) + sorted(str(p) for p in (shared_data / "photos").glob("*")
+                                              if p.suffix in (".jpg", ".bmp")), 224, 100)
+    reference = kx.keras_outputs(model, images)
+    keras_acc = float(np.mean(reference[0].argmax(1) == labels))
+    results = {}
+    for mode in ("float32", "float16", "uint8"):
+        path = kx.to_tflite(model, tmp_path / f"{mode}.tflite", mode,
+                            calibration if mode == "uint8" else None, progress=False)
+        results[mode] = kx.verify(path, model, images, labels, runs=0, reference=reference)
+    assert results["float32"].top1_agreement == 1.0
+    assert results["float32"].max_abs_prob_error <= 1e-4
+    assert abs(results["float16"].top1_accuracy - keras_acc) <= 0.005
+    assert abs(results["uint8"].top1_accuracy - keras_acc) <= 0.010
+
+
+def test_cli_export_writes_and_verifies(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "keras_effnet.cli", "export", "--model", "lite0", "--weights",
+         "none", "--formats", "float32,saved_model", "--runs", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "efficientnetlite0_float32.tflite").exists()
+    assert (tmp_path / "efficientnetlite0_saved_model" / "saved_model.pb").exists()
+    assert "| float32 | tflite (float32 in) |" in out.stdout
+    assert (tmp_path / "export_report.json").exists()
+    again = subprocess.run(
+        [sys.executable, "-m", "keras_effnet.cli", "export", "--model", "lite0", "--weights",
+         "none", "--formats", "float32", "--runs", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert again.returncode == 2 and "already exists" in again.stderr
