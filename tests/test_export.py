@@ -423,3 +423,36 @@ def test_cli_export_writes_and_verifies(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=REPO,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+# --- quantization-aware training (the qat extra) -------------------------------------------
+
+
+def test_quantize_aware_fine_tunes_and_exports_int8(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow_model_optimization") is None:
+        pytest.skip("the qat extra is not installed: pip install 'keras-effnet[qat]'")
+    tf_keras = pytest.importorskip("tf_keras")
+    from keras_effnet.export.qat import qat_to_tflite, quantize_aware, to_tf_keras
+
+    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(32, 32, 3), classes=3)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    rebuilt = to_tf_keras(model)
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    qat = quantize_aware(model)
+    wrapped = [layer.name for layer in qat.layers if "se_excite" in layer.name]
+    assert wrapped, "the SE Multiply must be annotated for quantization"
+    qat.compile(optimizer=tf_keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
+    before = [w.copy() for w in qat.get_weights()]
+    history = qat.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, qat.get_weights()))
+    path = qat_to_tflite(qat, tmp_path / "qat.tflite", "uint8")
+    graph = kx.read_model(path)
+    assert graph.inputs[0].dtype == "UINT8"
+    assert {op.outputs[0].dtype for op in graph.ops if op.op == "CONV_2D"} == {"INT8"}
+    result = kx.verify(path, model, x, runs=0)
+    assert result.images == 8 and 0 <= result.top1_agreement <= 1

@@ -1,0 +1,222 @@
+"""Quantization-aware training through tensorflow-model-optimization (tfmot).
+
+tfmot works on Keras 2 (`tf_keras`) models only, and its default registry
+refuses two things every EfficientNet has: the squeeze-excitation Multiply and
+swish/sigmoid activations (plus keras.applications' Rescaling/Normalization
+stem). So `quantize_aware`:
+
+1. folds the stem preprocessing into one 1x1 depthwise conv (preprocess.py),
+   which tfmot quantizes natively;
+2. rebuilds the same graph in tf_keras, layer by layer, splitting a conv's
+   fused swish/sigmoid into its own Activation layer, and copies the weights;
+3. annotates the layers tfmot's registry lacks with `OutputQuantizeConfig`
+   (fake-quantize the output, no weights): Multiply, and Activation with
+   swish/sigmoid/hard_sigmoid;
+4. applies tfmot's quantize_apply.
+
+Fine-tune the returned tf_keras model with `compile`/`fit`, then
+`qat_to_tflite(qat_model, path)` writes the int8 (or uint8) file. Needs the
+`qat` extra: pip install "keras-effnet[qat]".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import keras
+
+from keras_effnet.export._atomic import atomic_output, check_destination
+from keras_effnet.export.preprocess import fold_preprocessing
+from keras_effnet.export.se import EdgeHardSwish
+
+__all__ = ["qat_to_tflite", "quantize_aware", "to_tf_keras"]
+
+_PLAIN = ("linear", None)
+_TFMOT_ACTIVATIONS = ("relu", "relu6", "softmax", "linear")
+
+
+def _modules():
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except ImportError as exc:
+        raise ImportError("quantization-aware training needs tf_keras and "
+                          "tensorflow-model-optimization: pip install 'keras-effnet[qat]'"
+                          ) from exc
+    return tf_keras, tfmot
+
+
+@contextlib.contextmanager
+def _keras3_stays():
+    """tfmot sets TF_USE_LEGACY_KERAS=1 for the whole process when it loads its
+    Keras modules, which would switch tf.keras to Keras 2 for everything after;
+    put the variable back when we are done with tfmot."""
+    previous = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = previous
+
+
+def _activation_name(activation) -> str | None:
+    if activation is None:
+        return None
+    return activation if isinstance(activation, str) else activation.__name__
+
+
+def _translate(layer, k2):
+    """(tf_keras layer, separate activation name or None) for a Keras 3 layer."""
+    L = k2.layers
+    c = layer.get_config()
+    name = layer.name
+    act = _activation_name(getattr(layer, "activation", None))
+    split = act if act not in _PLAIN and not isinstance(layer, keras.layers.Activation) and \
+        not (isinstance(layer, keras.layers.Dense) and act == "softmax") else None
+    own_act = "linear" if split else act
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        new = L.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
+                                depth_multiplier=c["depth_multiplier"], use_bias=c["use_bias"],
+                                activation=own_act, name=name)
+    elif isinstance(layer, keras.layers.Conv2D):
+        new = L.Conv2D(c["filters"], c["kernel_size"], strides=c["strides"], padding=c["padding"],
+                       use_bias=c["use_bias"], dilation_rate=c["dilation_rate"],
+                       activation=own_act, name=name)
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        new = L.BatchNormalization(axis=c["axis"], momentum=c["momentum"], epsilon=c["epsilon"],
+                                   name=name)
+    elif isinstance(layer, keras.layers.Activation):
+        new = L.Activation(act, name=name)
+    elif isinstance(layer, EdgeHardSwish):
+        new = L.Activation("hard_silu", name=name)
+    elif isinstance(layer, keras.layers.ZeroPadding2D):
+        new = L.ZeroPadding2D(c["padding"], name=name)
+    elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        new = L.GlobalAveragePooling2D(keepdims=c.get("keepdims", False), name=name)
+    elif isinstance(layer, keras.layers.AveragePooling2D):
+        new = L.AveragePooling2D(c["pool_size"], strides=c["strides"], padding=c["padding"],
+                                 name=name)
+    elif isinstance(layer, keras.layers.Reshape):
+        new = L.Reshape(c["target_shape"], name=name)
+    elif isinstance(layer, keras.layers.Multiply):
+        new = L.Multiply(name=name)
+    elif isinstance(layer, keras.layers.Add):
+        new = L.Add(name=name)
+    elif isinstance(layer, keras.layers.Dropout):
+        new = L.Dropout(c["rate"], noise_shape=c.get("noise_shape"), name=name)
+    elif isinstance(layer, keras.layers.Dense):
+        new = L.Dense(c["units"], activation=own_act, use_bias=c["use_bias"], name=name)
+    else:
+        raise ValueError(f"quantize_aware cannot rebuild layer {name!r} ({type(layer).__name__}) "
+                         "in tf_keras: it supports the layers EfficientNets are made of")
+    return new, split
+
+
+def to_tf_keras(model: keras.Model):
+    """The same functional graph as a tf_keras model with the same weights
+    (fused non-ReLU activations split into their own layers)."""
+    k2, _ = _modules()
+    model = fold_preprocessing(model)
+    if not hasattr(model, "_inbound_nodes") or len(model.inputs) != 1:
+        raise ValueError("quantize_aware needs a functional model with one input")
+    shape = tuple(model.input_shape[1:])
+    tensors = {id(model.inputs[0]): k2.Input(shape=shape, name=model.inputs[0].name)}
+    copies = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        node = next(n for n in layer._inbound_nodes
+                    if all(id(t) in tensors for t in n.input_tensors))
+        args = [tensors[id(t)] for t in node.input_tensors]
+        new, split = _translate(layer, k2)
+        out = new(args if len(args) > 1 else args[0])
+        if split:
+            out = k2.layers.Activation(split, name=layer.name + "_activation")(out)
+        tensors[id(node.output_tensors[0])] = out
+        copies.append((layer, new))
+    result = k2.Model(tensors[id(model.inputs[0])], tensors[id(model.outputs[0])],
+                      name=model.name)
+    for source, target in copies:
+        if source.weights:
+            target.set_weights(source.get_weights())
+    return result
+
+
+def _output_quantize_config(tfmot):
+    quantizers = tfmot.quantization.keras.quantizers
+
+    class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        """Fake-quantize a layer's output only (it has no weights to quantize)."""
+
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False,
+                                                      symmetric=False, narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return OutputQuantizeConfig
+
+
+def quantize_aware(model: keras.Model):
+    """A tf_keras copy of `model` with fake-quantization for QAT (see module doc)."""
+    with _keras3_stays():
+        return _quantize_aware(model)
+
+
+def _quantize_aware(model: keras.Model):
+    k2, tfmot = _modules()
+    rebuilt = to_tf_keras(model)
+    config = _output_quantize_config(tfmot)
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        needs_output = isinstance(layer, k2.layers.Multiply) or (
+            isinstance(layer, k2.layers.Activation)
+            and _activation_name(layer.activation) not in _TFMOT_ACTIVATIONS)
+        return annotate(copy, quantize_config=config()) if needs_output else annotate(copy)
+
+    annotated = k2.models.clone_model(rebuilt, clone_function=clone)
+    annotated.set_weights(rebuilt.get_weights())
+    with tfmot.quantization.keras.quantize_scope({"OutputQuantizeConfig": config}):
+        return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
+                  overwrite: bool = False) -> Path:
+    """Write a quantization-aware-trained tf_keras model as a full-integer `.tflite`
+    (`int8`: float I/O; `uint8`: uint8 I/O). No calibration data is needed: the
+    ranges were learned during training."""
+    import tensorflow as tf
+
+    if mode not in ("int8", "uint8"):
+        raise ValueError(f"qat_to_tflite writes integer models: mode must be int8 or uint8, "
+                         f"got {mode!r}")
+    path = check_destination(path, overwrite)
+    with _keras3_stays():
+        converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "uint8":
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        content = converter.convert()
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_bytes(content)
+    return path
