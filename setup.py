@@ -24,6 +24,7 @@ setup(
         "h5py",
         "pillow",
         "absl-py",
+        "ai-edge-litert",  # runs .tflite files (verify, tests)
     ],
     extras_require={
         "weights": LITE_WEIGHTS,

@@ -80,7 +80,7 @@ def test_se_strategies_rewrite_the_graph_and_carry_weights(small, evaluation):
     pooled = kx.apply_se_strategy(small, "pool")
     assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D)
                    for layer in pooled.layers if "se_" in layer.name)
-    np.testing.assert_allclose(pooled.predict(evaluation, verbose=0), reference, atol=1e-6)
+    np.testing.assert_allclose(pooled.predict(evaluation, verbose=0), reference, atol=1e-5)
 
     removed = kx.apply_se_strategy(small, "remove")
     assert not [layer for layer in removed.layers if "_se_" in layer.name]
@@ -94,9 +94,10 @@ def test_se_strategies_rewrite_the_graph_and_carry_weights(small, evaluation):
     assert not {"swish", "silu", "sigmoid"} & activations
     assert any(isinstance(layer, kx.se.EdgeHardSwish) for layer in hard.layers)
     # hard versions approximate the originals: same function family, not the same numbers
-    out = hard.predict(evaluation, verbose=0)
-    assert not np.allclose(out, reference, atol=1e-6)
-    assert np.corrcoef(out.ravel(), reference.ravel())[0, 1] > 0.5
+    logits = kx.keras_outputs(small, evaluation)[1]
+    out = kx.keras_outputs(hard, evaluation)[1]
+    assert np.abs(out - logits).max() > 1e-4
+    assert np.corrcoef(out.ravel(), logits.ravel())[0, 1] > 0.5
     assert kx.apply_se_strategy(small, "keep") is small
 
 
