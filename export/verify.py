@@ -124,9 +124,7 @@ def _check_runnable(path: Path, graph) -> None:
                          "uncompiled .tflite that to_edgetpu wrote instead.")
 
 
-def _run_tflite(path: Path, images: np.ndarray):
-    graph = read_model(path)
-    _check_runnable(path, graph)
+def _run_tflite(path: Path, graph, images: np.ndarray):
     softmax = [op for op in graph.ops if op.op == "SOFTMAX"]
     logits_index = softmax[-1].inputs[0].index if softmax else None
     interpreter = _interpreter(path, os.cpu_count() or 1, preserve=logits_index is not None)
@@ -263,8 +261,10 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         if labels.shape != (len(images),):
             raise ValueError(f"expected {len(images)} labels, got shape {labels.shape}")
 
+    graph = None
     if path.is_file():
-        _check_runnable(path, read_model(path))
+        graph = read_model(path)  # parsed once: the compiled-model check and the logits lookup
+        _check_runnable(path, graph)
     ref_probs, ref_logits = reference if reference is not None else keras_outputs(model, images)
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
@@ -272,7 +272,7 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         probs, logits, fmt = _run_saved_model(path, images)
         timing = _saved_model_latency(path, images.shape[1:3], runs) if runs else None
     else:
-        probs, logits, fmt = _run_tflite(path, images)
+        probs, logits, fmt = _run_tflite(path, graph, images)
         timing = _tflite_latency(path, images.shape[1:], runs) if runs else None
 
     if ref_logits is not None and logits is not None:
