@@ -22,7 +22,9 @@ from keras_effnet.export.preprocess import fold_preprocessing
 
 def _small(size=64):
     """A few-block SE model whose BatchNorm statistics come from real photos, so its
-    activations have realistic ranges for calibration."""
+    activations have realistic ranges for calibration. Seeded: the random weights
+    decide how far float rounding spreads, so the test must not change from run to run."""
+    keras.utils.set_random_seed(0)
     model = ke.EfficientNet(phi=-4, weights=None, input_shape=(size, size, 3), classes=10,
                             drop_connect_rate=0.0, dropout_rate=0.0)
     photos = calibration_views(kx.bundled_photos()[0], size, 32, seed=3)
@@ -143,7 +145,10 @@ def test_every_tflite_mode_converts_and_verifies(small, calib, evaluation, tmp_p
     assert _io_types(tmp_path / "int8.tflite") == ("FLOAT32", "FLOAT32")
     assert _io_types(tmp_path / "float32.tflite") == ("FLOAT32", "FLOAT32")
     assert results["float32"].top1_agreement == 1.0
-    assert results["float32"].max_abs_prob_error < 1e-4 and results["float32"].sqnr_db > 60
+    # a random-weight net spreads float rounding (XNNPACK vs TensorFlow kernels) further than
+    # a trained one: 2e-4 here, 2.6e-6 for Lite0's real weights, where the 1e-4 promise is
+    # asserted (test_lite0_artifacts_keep_accuracy_on_imagenet_sample)
+    assert results["float32"].max_abs_prob_error < 1e-3 and results["float32"].sqnr_db > 60
     assert results["float16"].sqnr_db > 30
     for mode in ("dynamic", "int8", "uint8"):
         assert 0 < results[mode].sqnr_db < results["float16"].sqnr_db
