@@ -8,6 +8,7 @@ Named variants (B0-B7, Lite0-4, EdgeTPU-S/M/L) equal the published models;
 `EfficientNet(phi=...)` builds any compound coefficient.
 """
 
+from keras_effnet.gradcam import cam, overlay, save_cam
 from keras_effnet.layers import Normalization
 from keras_effnet.preprocessing import (
     decode_predictions,
@@ -64,15 +65,18 @@ __all__ = [
     "StageSpec",
     "VariantSpec",
     "build",
+    "cam",
     "compound_coefficients",
     "decode_predictions",
     "flops_multiplier",
     "get_variant",
     "imagenet_classes",
     "load_image",
+    "overlay",
     "plan_blocks",
     "preprocess_input",
     "profile",
+    "save_cam",
     "variant_names",
 ]
 

@@ -6,6 +6,8 @@
                                           and coffee, and of any images given
     keras-effnet export --out DIR         SavedModel + every TFLite mode + Edge TPU,
                                           each verified against the Keras model
+    keras-effnet cam IMAGE --out cam.png  Grad-CAM heatmap over the photo, top class
+                                          in the title ("chelsea"/"coffee": scikit-image's)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ flags.DEFINE_multi_string("images", [], "`export`: folder of evaluation images (
                           "labels come from names like 207_n02099601_x.JPEG")
 flags.DEFINE_integer("runs", 20, "`export`: timed batch-1 runs per artifact (0: no timing)")
 flags.DEFINE_boolean("overwrite", False, "`export`: replace existing artifacts")
+flags.DEFINE_integer("class_index", None, "`cam`: the class to explain (default: the top one)")
 
 _USAGE = __doc__
 
@@ -131,7 +134,34 @@ def _export(args: list[str]) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "classify": _classify, "export": _export}
+def _cam(args: list[str]) -> int:
+    import keras_effnet as ke
+
+    if len(args) != 1:
+        raise app.UsageError("usage: keras-effnet cam IMAGE --out cam.png [--model lite0] "
+                             "[--class_index N]   (IMAGE may be chelsea or coffee)")
+    if not FLAGS.out:
+        raise app.UsageError("cam needs --out FILE.png")
+    source = args[0]
+    if source in ("chelsea", "coffee") and not os.path.exists(source):
+        import skimage.data
+
+        source = getattr(skimage.data, source)()
+    variant = ke.get_variant(FLAGS.model)
+    weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
+    model = ke.build(variant.name, weights=weights)
+    heatmap, info = ke.cam(model, source, class_index=FLAGS.class_index, return_info=True)
+    label = ke.imagenet_classes()[info["class_index"]][1] if model.outputs[0].shape[-1] == 1000 \
+        else f"class {info['class_index']}"
+    title = f"{variant.constructor_name}: {label} ({info['score']:.3f})"
+    ke.save_cam(FLAGS.out, info["image"], heatmap, title=title, overwrite=True)
+    row, col = divmod(int(heatmap.argmax()), heatmap.shape[1])
+    print(f"{title}; heatmap peak at row {row}, column {col} of {heatmap.shape[0]}x"
+          f"{heatmap.shape[1]}; wrote {FLAGS.out}")
+    return 0
+
+
+_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam}
 
 
 def main(argv: list[str]) -> int:
