@@ -111,14 +111,18 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
                 converter.inference_input_type = tf.uint8
                 converter.inference_output_type = tf.uint8
             if "float" in parts:
-                return _convert_se_float(converter, folder, transformed, images, progress)
+                return _convert_se_float(converter, folder, transformed, images, progress,
+                                         uint8_io=mode == "uint8")
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         return converter.convert()
 
 
-def _convert_se_float(converter, folder, model, images, progress) -> bytes:
-    """Integer everywhere but the SE ops, through the quantization debugger's denylist."""
+def _convert_se_float(converter, folder, model, images, progress, uint8_io: bool) -> bytes:
+    """Integer everywhere but the SE ops, through the quantization debugger's denylist.
+    The debugger's quantizer leaves float input and output whatever the converter
+    asks; uint8 I/O is then set the way the converter itself does it."""
     import tensorflow as tf
+    from tensorflow.lite.python.util import modify_model_io_type
 
     float_converter = tf.lite.TFLiteConverter.from_saved_model(folder)
     nodes = se_node_names(float_converter.convert(), model)
@@ -128,7 +132,10 @@ def _convert_se_float(converter, folder, model, images, progress) -> bytes:
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: batches_of_one(images, progress),
         debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+    content = debugger.get_nondebug_quantized_model()
+    if uint8_io:
+        content = modify_model_io_type(content, tf.uint8, tf.uint8)
+    return content
 
 
 def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representative_data=None,
