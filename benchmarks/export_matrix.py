@@ -9,10 +9,17 @@ op report is summarised. Strategies that do not apply (SE changes on a model
 without SE, se=float on a float artifact) are listed as skipped, with why.
 
 B0's ImageNet weights cannot be downloaded here: when the official file is in
-the Keras cache it is used; otherwise a B0 whose BatchNorm statistics are
-re-estimated on real photos, so its activations have realistic ranges (its
-classifier is random: compare agreement and SQNR, not accuracy). The output
-says which was used. Writes export_matrix.json and export_matrix.md.
+the Keras cache it is used; otherwise proxies (--b0_proxy), and the output says
+which was used:
+  reestimated  random weights whose BatchNorm statistics are re-estimated on
+               real photos (realistic activation ranges, random classifier:
+               compare agreement and SQNR, not accuracy). Such a deep random
+               net is chaotic: any perturbation, quantization included, grows
+               layer by layer, so its SQNRs say little about a trained B0.
+  distilled    B0 initialised from Lite0's real weights and fitted to Lite0's
+               logits on photos (benchmarks/b0_proxy.py, cached after the first
+               run, ~10 min): trained SE gates and swish activations.
+Writes export_matrix.json and export_matrix.md.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ flags.DEFINE_list("formats", None, "formats (default: all for SE-free models; fo
 flags.DEFINE_list("se", None, "strategies (default keep,float,hard,pool,remove,hard+pool)")
 flags.DEFINE_integer("runs", 20, "timed batch-1 runs per artifact")
 flags.DEFINE_integer("bn_images", 64, "photos for re-estimating B0's BatchNorm statistics")
+flags.DEFINE_list("b0_proxy", ["distilled", "reestimated"],
+                  "stand-ins for B models without official weights: distilled, reestimated")
 flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
 
 ALL_SE = ["keep", "float", "hard", "pool", "remove", "hard+pool"]
@@ -61,21 +70,42 @@ def reestimate_batchnorm(model, images, batch_size: int = 32):
         layer.momentum = 0.99
 
 
-def load_model(name: str, photos):
+def load_models(name: str, photos) -> list[tuple[str, object, str]]:
+    """[(label, model, weights description)]: the official weights, or the proxies."""
     import keras_effnet as ke
 
     try:
-        return ke.build(name, weights="imagenet"), "ImageNet weights"
+        return [(name, ke.build(name, weights="imagenet"), "ImageNet weights")]
     except (OSError, ValueError) as exc:
         if not name.startswith("b"):
             raise
-        print(f"{name}: official ImageNet weights unavailable ({str(exc).splitlines()[0]}); "
-              f"using random weights with BatchNorm statistics re-estimated on "
-              f"{min(len(photos), FLAGS.bn_images)} real photos")
-        # no stochastic depth or dropout while the statistics are measured
-        model = ke.build(name, weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
-        reestimate_batchnorm(model, photos[:FLAGS.bn_images], batch_size=FLAGS.bn_images)
-        return model, "random weights, BatchNorm re-estimated on real photos"
+        reason = str(exc).splitlines()[0]
+    print(f"{name}: official ImageNet weights unavailable ({reason}); using {FLAGS.b0_proxy}")
+    models = []
+    for proxy in FLAGS.b0_proxy:
+        if proxy == "distilled":
+            if name != "b0":
+                raise ValueError("the distilled proxy exists for b0 only (Lite0 is its teacher)")
+            import b0_proxy
+
+            model, record = b0_proxy.load_or_distil()
+            description = (f"proxy: distilled from Lite0's real weights, {record['steps']} "
+                           f"steps, {100 * record['agreement_after']:.0f}% top-1 agreement "
+                           "with Lite0 on held-out crops")
+            models.append((f"{name}-distilled", model, description))
+        elif proxy == "reestimated":
+            import keras
+
+            keras.utils.set_random_seed(0)  # the same random network every run
+            # no stochastic depth or dropout while the statistics are measured
+            model = ke.build(name, weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
+            count = min(len(photos), FLAGS.bn_images)
+            reestimate_batchnorm(model, photos[:count], batch_size=count)
+            models.append((f"{name}-reestimated", model,
+                           f"proxy: random weights, BatchNorm re-estimated on {count} real photos"))
+        else:
+            raise ValueError(f"unknown --b0_proxy {proxy!r}: expected distilled or reestimated")
+    return models
 
 
 def _skip_reason(model, fmt, se, has_se):
@@ -98,6 +128,60 @@ def _edgetpu_cell(report) -> str:
             f"({first['layer']})")
 
 
+def _matrix(label, variant, model, weights, images, labels, source):
+    """Export and verify one model in every format x SE strategy: (result, Markdown)."""
+    from keras_effnet.export import find_se_blocks
+    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all
+
+    size = variant.resolution
+    has_se = bool(find_se_blocks(model))
+    extra = [FLAGS.calibration] if pathlib.Path(FLAGS.calibration).is_dir() else []
+    calibration = calibration_set(size, extra)
+    formats = FLAGS.formats or (SE_FORMATS if has_se else list(FORMATS))
+    strategies = FLAGS.se or (ALL_SE if has_se else ["keep", "hard"])
+    rows, skipped = [], []
+    for se in strategies:
+        todo = []
+        for fmt in formats:
+            reason = _skip_reason(model, fmt, se, has_se)
+            if reason:
+                skipped.append({"se": se, "format": fmt, "reason": reason})
+            else:
+                todo.append(fmt)
+        if not todo:
+            continue
+        with tempfile.TemporaryDirectory(prefix="export_matrix_") as folder:
+            start = time.perf_counter()
+            report = export_all(model, folder, todo, se=se, calibration=calibration,
+                                eval_sets={source: (images, labels)}, runs=FLAGS.runs,
+                                progress=False)
+            print(f"{label} se={se}: {time.perf_counter() - start:.0f} s")
+        for row in report["verify"][source]:
+            row["se"] = se
+            row["edgetpu"] = _edgetpu_cell(report["edgetpu"]) if row["artifact"] == \
+                "edgetpu" else "-"
+            rows.append(row)
+    result = {"weights": weights, "images": source, "count": len(images), "rows": rows,
+              "skipped": skipped}
+    title = variant.constructor_name + (f" `{label}`" if label != variant.name else "")
+    md = [f"## {title} ({weights}; {len(images)} images from {source})", "",
+          ("| SE | format | top-1 agree | top-1 acc (Keras) | logit SQNR dB | max abs dp | "
+           "size MB | latency ms | Edge TPU |"), "|" + "---|" * 9]
+    for r in rows:
+        acc = "-" if r["top1_accuracy"] is None else \
+            f"{100 * r['top1_accuracy']:.1f}% ({100 * r['keras_top1_accuracy']:.1f}%)"
+        sqnr = r["sqnr_db"] if isinstance(r["sqnr_db"], str) else f"{r['sqnr_db']:.1f}"
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+        md.append(f"| {r['se']} | {r['artifact']} | {100 * r['top1_agreement']:.1f}% | {acc} "
+                  f"| {sqnr} | {r['max_abs_prob_error']:.2e} | {r['size_bytes'] / 1e6:.2f} "
+                  f"| {latency} | {r['edgetpu']} |")
+    if skipped:
+        md += ["", "Skipped: " + "; ".join(sorted({f"{s['se']} ({s['reason']})"
+                                                  for s in skipped}))]
+    md.append("")
+    return result, md
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -106,8 +190,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
 
     import keras_effnet as ke
-    from keras_effnet.export import find_se_blocks, labels_from_names, load_folder
-    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all
+    from keras_effnet.export import labels_from_names, load_folder
 
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,51 +211,10 @@ def main(argv):
             images, _ = bundled_photos(size)
             labels, source = None, "scikit-image photos"
             print(f"{FLAGS.images} not found: evaluating on scikit-image's photos")
-        model, weights = load_model(name, images)
-        has_se = bool(find_se_blocks(model))
-        extra = [FLAGS.calibration] if pathlib.Path(FLAGS.calibration).is_dir() else []
-        calibration = calibration_set(size, extra)
-        formats = FLAGS.formats or (SE_FORMATS if has_se else list(FORMATS))
-        strategies = FLAGS.se or (ALL_SE if has_se else ["keep", "hard"])
-        rows, skipped = [], []
-        for se in strategies:
-            todo = []
-            for fmt in formats:
-                reason = _skip_reason(model, fmt, se, has_se)
-                if reason:
-                    skipped.append({"se": se, "format": fmt, "reason": reason})
-                else:
-                    todo.append(fmt)
-            if not todo:
-                continue
-            with tempfile.TemporaryDirectory(prefix="export_matrix_") as folder:
-                start = time.perf_counter()
-                report = export_all(model, folder, todo, se=se, calibration=calibration,
-                                    eval_sets={source: (images, labels)}, runs=FLAGS.runs,
-                                    progress=False)
-                print(f"{name} se={se}: {time.perf_counter() - start:.0f} s")
-            for row in report["verify"][source]:
-                row["se"] = se
-                row["edgetpu"] = _edgetpu_cell(report["edgetpu"]) if row["artifact"] == \
-                    "edgetpu" else "-"
-                rows.append(row)
-        results["models"][name] = {"weights": weights, "images": source, "count": len(images),
-                                   "rows": rows, "skipped": skipped}
-        md += [f"## {variant.constructor_name} ({weights}; {len(images)} images from {source})",
-               "", ("| SE | format | top-1 agree | top-1 acc (Keras) | logit SQNR dB | "
-               "max abs dp | size MB | latency ms | Edge TPU |"), "|" + "---|" * 9]
-        for r in rows:
-            acc = "-" if r["top1_accuracy"] is None else \
-                f"{100 * r['top1_accuracy']:.1f}% ({100 * r['keras_top1_accuracy']:.1f}%)"
-            sqnr = r["sqnr_db"] if isinstance(r["sqnr_db"], str) else f"{r['sqnr_db']:.1f}"
-            latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
-            md.append(f"| {r['se']} | {r['artifact']} | {100 * r['top1_agreement']:.1f}% | {acc} "
-                      f"| {sqnr} | {r['max_abs_prob_error']:.2e} | {r['size_bytes'] / 1e6:.2f} "
-                      f"| {latency} | {r['edgetpu']} |")
-        if skipped:
-            md += ["", "Skipped: " + "; ".join(sorted({f"{s['se']} ({s['reason']})"
-                                                      for s in skipped}))]
-        md.append("")
+        for label, model, weights in load_models(name, images):
+            results["models"][label], section = _matrix(label, variant, model, weights, images,
+                                                        labels, source)
+            md += section
     (out / "export_matrix.json").write_text(json.dumps(results, indent=2,
                                                        default=lambda v: np.asarray(v).tolist()))
     (out / "export_matrix.md").write_text("\n".join(md) + "\n")
