@@ -34,8 +34,12 @@ test-all: $(STAMP)
 	$(PY) -m pip install --quiet "torch==2.13.0" efficientnet_lite_pytorch
 	$(PY) -m pytest -q --run-slow tests
 
+# the benchmark suite (< 20 min on 2 cores): results/*.json|md|png and the README's tables
 bench: $(STAMP)
 	$(PY) benchmarks/model_table.py
+	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/plots.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check keras_effnet export tests benchmarks

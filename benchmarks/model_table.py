@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _bench
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -131,19 +132,6 @@ def _write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _update_readme(table_md: str) -> bool:
-    """Replace the README's generated block (between the model_table markers)."""
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- model_table:start -->", "<!-- model_table:end -->"
-    if start not in text or end not in text:
-        return False
-    body = table_md.split("\n", 2)[2]  # drop the file's own title
-    head, rest = text.split(start, 1)
-    _write(readme, head + start + "\n" + body + end + rest.split(end, 1)[1])
-    return True
-
-
 def main(argv):
     del argv
     import keras_effnet as ke
@@ -178,8 +166,8 @@ def main(argv):
     table_md = _markdown(rows, top1, images.name if images else "")
     _write(out / "model_table.md", table_md)
     print(f"wrote {out / 'model_table.json'} and model_table.md ({result['seconds']} s)")
-    if FLAGS.update_readme and _update_readme(table_md):
-        print("updated the table in README.md")
+    if FLAGS.update_readme:
+        _bench.update_readme("model_table", table_md.split("\n", 2)[2])  # minus the title
 
 
 if __name__ == "__main__":

@@ -1,0 +1,253 @@
+"""Batch-1 latency on one thread, the paper's Table 4 protocol, against the peers.
+
+    python benchmarks/latency.py [--variants b0,b1] [--threads 1] [--runs 20]
+                                 [--runtimes keras,float32,int8]
+
+Each comparison runs both models in the same process, interleaved (see
+_bench.paired), after a warm-up, and reports medians with a 10-90% spread and
+the median of the per-pair ratios:
+  - ours vs keras.applications.EfficientNetBx (same architecture: the ratio
+    is our overhead or gain; TFLite peers are converted the plain way, our
+    models through keras_effnet.export),
+  - B1 vs keras.applications.ResNet152 (the paper: 5.7x faster) and B0 vs
+    ResNet50,
+  - Lite0 vs B0 (what dropping SE and swish buys),
+and, per model, "% of peak": its MACs over the latency, as a share of the
+single-thread multiply-add rate of a matrix-multiply probe run in the same
+process. Keras runs are a compiled tf.function on the TensorFlow runtime;
+TFLite runs are LiteRT with XNNPACK. Weights do not change latency, so every
+model is built with weights=None (nothing is downloaded). Writes
+benchmarks/results/latency.{json,md}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import _bench
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("variants", ["b0", "b1"], "our B variants to compare with keras.applications")
+flags.DEFINE_list("runtimes", ["keras", "float32", "int8"], "keras (TensorFlow), float32 and "
+                  "int8 (TFLite in LiteRT)")
+flags.DEFINE_integer("threads", 1, "threads for TensorFlow and LiteRT (paper: one core)")
+flags.DEFINE_integer("runs", 20, "timed runs per model and comparison (paper: 20)")
+flags.DEFINE_integer("warmup", 3, "untimed runs first")
+flags.DEFINE_integer("calibration", 16, "calibration crops for the int8 files (latency does not "
+                     "depend on their number)")
+flags.DEFINE_boolean("resnet", True, "include the ResNet-50/152 comparisons")
+flags.DEFINE_string("out", str(_bench.RESULTS), "output folder")
+flags.DEFINE_boolean("update_readme", True, "rewrite the generated table in README.md")
+
+PAPER_B1_VS_RESNET152 = 5.7  # paper Table 4
+
+
+class Models:
+    """Builds each model once, converts each once per runtime, caches both."""
+
+    def __init__(self, calibration_count: int):
+        self._models, self._artifacts = {}, {}
+        self.calibration_count = calibration_count
+
+    def model(self, key: str):
+        if key not in self._models:
+            self._models[key] = _build(key)
+        return self._models[key]
+
+    def runner(self, key: str, runtime: str, image):
+        if runtime == "keras":
+            return _bench.keras_runner(self.model(key), image)
+        _bench.litert_interpreter()  # before a conversion that could not be run
+        if (key, runtime) not in self._artifacts:
+            model = self.model(key)
+            calibration = None
+            if runtime == "int8":
+                calibration = self._calibration(model.input_shape[1])
+            start = time.perf_counter()
+            if key.startswith("ours:"):
+                from keras_effnet.export.tflite import convert
+
+                content = convert(model, runtime, images=calibration, progress=False)
+            else:
+                content = _bench.plain_tflite(model, runtime, calibration)
+            print(f"  converted {key} to {runtime} in {time.perf_counter() - start:.0f} s")
+            self._artifacts[key, runtime] = content
+        return _bench.tflite_runner(self._artifacts[key, runtime], image, FLAGS.threads)
+
+    def _calibration(self, size: int):
+        from keras_effnet.export import bundled_photos, calibration_views
+
+        return calibration_views(bundled_photos()[0], size, self.calibration_count)
+
+
+def _build(key: str):
+    import keras_effnet as ke
+
+    owner, name = key.split(":")
+    if owner == "ours":
+        return ke.build(name, weights=None)
+    if owner == "keras":
+        return _bench.keras_applications(name)
+    raise ValueError(f"unknown model key {key!r}")
+
+
+def _label(key: str) -> str:
+    import keras_effnet as ke
+
+    owner, name = key.split(":")
+    if owner == "ours":
+        return f"ours {ke.get_variant(name).constructor_name}"
+    return f"keras.applications.{name}"
+
+
+def _peak_macs_per_second(size: int = 1024, repeats: int = 10) -> float:
+    """Single-precision multiply-adds per second of a square matmul on the
+    configured threads: the machine's practical peak for dense convolutions."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return size ** 3 / best
+
+
+def _comparisons() -> list[tuple[str, str, str, list[str], str]]:
+    """(title, key A, key B, runtimes, what the ratio means)."""
+    import keras_effnet as ke
+
+    out = []
+    for name in FLAGS.variants:
+        variant = ke.get_variant(name)
+        if not variant.name.startswith("b"):
+            raise ValueError(f"--variants takes B variants (keras.applications has no "
+                             f"{variant.constructor_name}), got {name!r}")
+        out.append((f"ours vs keras.applications ({variant.constructor_name})",
+                    f"ours:{variant.name}", f"keras:{variant.constructor_name}",
+                    FLAGS.runtimes, "ours / peer (<= 1.00: not slower)"))
+    runtimes = [r for r in FLAGS.runtimes if r != "int8"]
+    if FLAGS.resnet and "b1" in FLAGS.variants:
+        out.append(("B1 vs ResNet-152 (paper Table 4: 5.7x)", "ours:b1", "keras:ResNet152",
+                    runtimes, "B1 / ResNet-152 (speedup = 1 / ratio)"))
+    if FLAGS.resnet and "b0" in FLAGS.variants:
+        out.append(("B0 vs ResNet-50", "ours:b0", "keras:ResNet50", runtimes,
+                    "B0 / ResNet-50 (speedup = 1 / ratio)"))
+    out.append(("Lite0 vs B0", "ours:lite0", "ours:b0",
+                [r for r in FLAGS.runtimes if r != "keras"] or FLAGS.runtimes,
+                "Lite0 / B0"))
+    return out
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
+    # one core, as in the paper; must happen before TensorFlow runs anything
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras_effnet as ke
+    from keras_effnet.export import bundled_photos
+
+    unknown = set(FLAGS.runtimes) - {"keras", "float32", "int8"}
+    if unknown:
+        raise app.UsageError(f"unknown --runtimes {sorted(unknown)}: expected keras, float32, int8")
+    peak = _peak_macs_per_second()
+    print(f"matmul probe: {peak / 1e9:.1f} G multiply-adds/s on {FLAGS.threads} thread(s)")
+    photos = bundled_photos()[0]
+    models = Models(FLAGS.calibration)
+    pairs, per_model, skipped = [], {}, []
+    for title, key_a, key_b, runtimes, meaning in _comparisons():
+        print(f"\n{title}")
+        for runtime in runtimes:
+            try:
+                size_a = models.model(key_a).input_shape[1]
+                size_b = models.model(key_b).input_shape[1]
+                run_a = models.runner(key_a, runtime, ke.load_image(photos[0], size_a))
+                run_b = models.runner(key_b, runtime, ke.load_image(photos[0], size_b))
+            except _bench.PeerUnavailable as exc:
+                print(f"  skipped {runtime}: {exc}")
+                skipped.append({"comparison": title, "runtime": runtime, "reason": str(exc)})
+                continue
+            times_a, times_b, ratio = _bench.paired(run_a, run_b, FLAGS.runs, FLAGS.warmup)
+            row = {"comparison": title, "runtime": runtime, "a": _label(key_a),
+                   "b": _label(key_b), "a_stats": _bench.summary(times_a),
+                   "b_stats": _bench.summary(times_b), "ratio": ratio, "meaning": meaning}
+            pairs.append(row)
+            for key, times in ((key_a, times_a), (key_b, times_b)):
+                per_model.setdefault((key, runtime), []).extend(times)
+            print(f"  {runtime:8s} {row['a']}: {row['a_stats']['median_ms']:.1f} ms, "
+                  f"{row['b']}: {row['b_stats']['median_ms']:.1f} ms, ratio {ratio:.3f}")
+    model_rows = []
+    for (key, runtime), times in per_model.items():
+        stats = _bench.summary(times)
+        macs = ke.profile(models.model(key)).macs
+        model_rows.append({"model": _label(key), "runtime": runtime, **stats, "macs": macs,
+                           "percent_of_peak": 100 * macs / (stats["median_ms"] / 1e3) / peak})
+    data = {**_bench.machine(), "threads": FLAGS.threads, "runs": FLAGS.runs,
+            "peak_macs_per_s": peak, "pairs": pairs, "models": model_rows, "skipped": skipped,
+            "checks": _checks(pairs)}
+    _bench.publish("latency", data, _markdown(data), FLAGS.out, FLAGS.update_readme)
+    return 0
+
+
+def _checks(pairs) -> list[dict]:
+    checks = []
+    for row in pairs:
+        if row["comparison"].startswith("ours vs keras.applications") and \
+                row["runtime"] in ("keras", "float32"):
+            checks.append({"check": f"{row['comparison']}, {row['runtime']}: ours / peer <= 1.00",
+                           "value": row["ratio"], "passed": row["ratio"] <= 1.0})
+        if row["comparison"].startswith("B1 vs ResNet-152") and row["runtime"] == "float32":
+            speedup = 1 / row["ratio"]
+            checks.append({"check": f"B1 vs ResNet-152, TFLite float32: speedup >= "
+                           f"{PAPER_B1_VS_RESNET152}", "value": speedup,
+                           "passed": speedup >= PAPER_B1_VS_RESNET152})
+    return checks
+
+
+def _markdown(data) -> list[str]:
+    names = {"keras": "Keras (TF)", "float32": "TFLite float32", "int8": "TFLite int8"}
+    md = ["# Latency", "",
+          (f"Generated by `benchmarks/latency.py`: batch 1, {data['threads']} thread(s), median "
+           f"of {data['runs']} interleaved runs after warm-up (paper Table 4 protocol), "
+           f"{data['cpus']}-CPU {data['machine']} machine. Ratio: median of the per-pair "
+           "ratios A / B. Peak: a matmul probe in the same run, "
+           f"{data['peak_macs_per_s'] / 1e9:.1f} G multiply-adds/s."), "",
+          "| comparison | runtime | A | B | A ms (p10-p90) | B ms (p10-p90) | A / B |",
+          "|---|---|---|---|---|---|---|"]
+    for row in data["pairs"]:
+        a, b = row["a_stats"], row["b_stats"]
+        md.append(f"| {row['comparison']} | {names[row['runtime']]} | {row['a']} | {row['b']} | "
+                  f"{a['median_ms']:.1f} ({a['p10_ms']:.1f}-{a['p90_ms']:.1f}) | "
+                  f"{b['median_ms']:.1f} ({b['p10_ms']:.1f}-{b['p90_ms']:.1f}) | "
+                  f"{row['ratio']:.3f} |")
+    md += ["", "| model | runtime | median ms | MACs (B) | % of peak |", "|---|---|---|---|---|"]
+    for row in sorted(data["models"], key=lambda r: (r["runtime"], r["model"])):
+        md.append(f"| {row['model']} | {names[row['runtime']]} | {row['median_ms']:.1f} | "
+                  f"{row['macs'] / 1e9:.3f} | {row['percent_of_peak']:.1f}% |")
+    if data["checks"]:
+        md += ["", "| check | value | |", "|---|---|---|"]
+        for check in data["checks"]:
+            md.append(f"| {check['check']} | {check['value']:.3f} | "
+                      f"{'pass' if check['passed'] else 'FAIL'} |")
+    if data["skipped"]:
+        md += ["", "Skipped: " + "; ".join(f"{s['comparison']} {s['runtime']} ({s['reason']})"
+                                           for s in data["skipped"])]
+    return md
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

@@ -1,0 +1,85 @@
+"""The benchmark scripts: missing peers and results are reported, not tracebacks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from PIL import Image
+
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _bench
+
+
+def _run(script, *args, env=None, timeout=600):
+    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_update_readme_replaces_only_its_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    assert _bench.update_readme("t", "| a |\n|---|\n", readme)
+    assert readme.read_text() == "intro\n<!-- t:start -->\n| a |\n|---|\n<!-- t:end -->\noutro\n"
+    assert not _bench.update_readme("other", "x", readme)
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no partial file left
+
+
+def test_plots_draw_what_they_can(tmp_path):
+    shutil.copy(BENCH / "results" / "model_table.json", tmp_path)
+    out = _run("plots.py", f"--results={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "latency.json is missing: run benchmarks/latency.py first" in out.stdout
+    assert "Traceback" not in out.stderr
+    for name in ("family_params.png", "family_macs.png"):
+        with Image.open(tmp_path / name) as png:
+            assert png.format == "PNG" and png.size[0] > 500
+    assert not (tmp_path / "latency_top1.png").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = _run("plots.py", f"--results={empty}")
+    assert nothing.returncode == 1 and "0 figure(s) written" in nothing.stdout
+    assert "Traceback" not in nothing.stderr
+
+
+def test_latency_without_litert_still_reports_keras(tmp_path):
+    # a stand-in package that fails to import, as when ai-edge-litert is not installed
+    blocker = tmp_path / "block" / "ai_edge_litert"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('blocked for this test')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker.parent))
+    out = _run("latency.py", "--variants=b0", "--runtimes=keras,float32", "--noresnet",
+               "--runs=2", "--warmup=1", f"--out={tmp_path}", "--noupdate_readme", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    data = json.loads((tmp_path / "latency.json").read_text())
+    keras_rows = [r for r in data["pairs"] if r["runtime"] == "keras"]
+    assert [r["b"] for r in keras_rows] == ["keras.applications.EfficientNetB0"]
+    assert keras_rows[0]["ratio"] > 0 and keras_rows[0]["a_stats"]["runs"] == 2
+    assert {s["runtime"] for s in data["skipped"]} == {"float32"}
+    assert all("pip install ai-edge-litert" in s["reason"] for s in data["skipped"])
+    assert "Skipped:" in (tmp_path / "latency.md").read_text()
+    model = next(r for r in data["models"] if r["model"] == "ours EfficientNetB0")
+    assert 0 < model["percent_of_peak"] < 100
+
+
+def test_latency_rejects_unknown_runtime(tmp_path):
+    out = _run("latency.py", "--runtimes=onnx", f"--out={tmp_path}", "--noupdate_readme")
+    assert out.returncode != 0 and "unknown --runtimes ['onnx']" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_throughput_one_variant(tmp_path):
+    out = _run("throughput.py", "--variants=b0", "--runs=1", f"--out={tmp_path}",
+               "--noupdate_readme")
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads((tmp_path / "throughput.json").read_text())["rows"][0]
+    assert row["ours"]["images_per_s"] > 0 and row["keras"]["images_per_s"] > 0
+    assert row["ours"]["inference_rss_mb"] >= row["ours"]["build_rss_mb"] > 0
