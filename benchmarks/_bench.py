@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from keras_effnet.export._atomic import atomic_output
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
@@ -142,9 +144,8 @@ def write_results(name: str, data: dict, markdown: list[str], out: pathlib.Path)
     for suffix, text in ((".json", json.dumps(data, indent=2, default=_plain)),
                          (".md", "\n".join(markdown) + "\n")):
         target = out / f"{name}{suffix}"
-        partial = out / f".{name}{suffix}.partial-{os.getpid()}"
-        partial.write_text(text)
-        os.replace(partial, target)
+        with atomic_output(target, overwrite=True) as partial:
+            partial.write_text(text)
     print(f"wrote {out / name}.json and {out / name}.md")
 
 
@@ -169,9 +170,8 @@ def update_readme(name: str, markdown: str, readme: pathlib.Path = REPO / "READM
     if start not in text or end not in text:
         return False
     head, rest = text.split(start, 1)
-    partial = readme.with_name(f".{readme.name}.partial-{os.getpid()}")
-    partial.write_text(head + start + "\n" + markdown.rstrip("\n") + "\n" + end +
-                       rest.split(end, 1)[1])
-    os.replace(partial, readme)
+    with atomic_output(readme, overwrite=True) as partial:
+        partial.write_text(head + start + "\n" + markdown.rstrip("\n") + "\n" + end +
+                           rest.split(end, 1)[1])
     print(f"updated the {name} block in {readme.name}")
     return True

@@ -17,12 +17,13 @@ figures with a message; the others are still drawn.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 
 import _bench
 from absl import app, flags
+
+from keras_effnet.export._atomic import atomic_output
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", str(_bench.RESULTS), "folder with the JSON results; PNGs go here")
@@ -50,9 +51,8 @@ def _short(model: str) -> str:
 
 
 def _save(figure, path: pathlib.Path) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    figure.savefig(partial, format="png", dpi=110)
-    os.replace(partial, path)
+    with atomic_output(path, overwrite=True) as partial:
+        figure.savefig(partial, format="png", dpi=110)
     print(f"wrote {path}")
 
 
