@@ -25,6 +25,7 @@ setup(
         "pillow",
         "absl-py",
         "ai-edge-litert",  # runs .tflite files (verify, tests)
+        "tensorboard",  # training logs (keras.callbacks.TensorBoard)
     ],
     extras_require={
         "weights": LITE_WEIGHTS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 from keras import layers
 
 from keras_effnet.scaling import BlockPlan
@@ -20,6 +21,7 @@ __all__ = [
     "CONV_KERNEL_INITIALIZER",
     "DENSE_KERNEL_INITIALIZER",
     "block_fn",
+    "float32_under_mixed_precision",
     "fused_block",
     "mbconv_block",
     "same_padding",
@@ -47,6 +49,20 @@ def same_padding(input_size: tuple, kernel_size: int) -> tuple:
     half = kernel_size // 2
     adjust = [1 if size is None else 1 - size % 2 for size in input_size]
     return ((half - adjust[0], half), (half - adjust[1], half))
+
+
+def float32_under_mixed_precision() -> str | None:
+    """The dtype for layers whose output must stay float32 under a mixed policy.
+
+    The SE gate (sigmoid) and the classifier's softmax saturate in float16:
+    sigmoid(x) rounds to exactly 1 or underflows to 0 and softmax overflows,
+    which is where EfficientNet's NaN reports under mixed precision come from.
+    Under `mixed_float16`/`mixed_bfloat16` those layers compute in float32
+    (their variables are float32 either way, so the weights are unchanged);
+    under any other policy they follow it.
+    """
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
 
 
 def _bn(name: str) -> layers.Layer:
@@ -109,6 +125,7 @@ def mbconv_block(plan: BlockPlan, activation: str) -> Callable:
             se = layers.Conv2D(
                 filters, 1, padding="same", activation="sigmoid",
                 kernel_initializer=CONV_KERNEL_INITIALIZER, name=name + "se_expand",
+                dtype=float32_under_mixed_precision(),
             )(se)
             x = layers.multiply([x, se], name=name + "se_excite")
 

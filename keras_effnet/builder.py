@@ -17,6 +17,7 @@ from keras_effnet.blocks import (
     CONV_KERNEL_INITIALIZER,
     DENSE_KERNEL_INITIALIZER,
     block_fn,
+    float32_under_mixed_precision,
     same_padding,
 )
 from keras_effnet.layers import Normalization
@@ -153,6 +154,7 @@ def build_efficientnet(
         x = layers.Dense(
             classes, activation=classifier_activation,
             kernel_initializer=DENSE_KERNEL_INITIALIZER, name="predictions",
+            dtype=float32_under_mixed_precision(),
         )(x)
     elif pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

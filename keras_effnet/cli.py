@@ -8,6 +8,9 @@
                                           each verified against the Keras model
     keras-effnet cam IMAGE --out cam.png  Grad-CAM heatmap over the photo, top class
                                           in the title ("chelsea"/"coffee": scikit-image's)
+    keras-effnet train --data DIR --out DIR   the paper's recipe under tf.distribute;
+                                          run again after a crash to resume
+    keras-effnet search --data DIR --out DIR  alpha/beta/gamma grid search (paper step 1)
 """
 
 from __future__ import annotations
@@ -37,6 +40,36 @@ flags.DEFINE_multi_string("images", [], "`export`: folder of evaluation images (
 flags.DEFINE_integer("runs", 20, "`export`: timed batch-1 runs per artifact (0: no timing)")
 flags.DEFINE_boolean("overwrite", False, "`export`: replace existing artifacts")
 flags.DEFINE_integer("class_index", None, "`cam`: the class to explain (default: the top one)")
+# train / search
+flags.DEFINE_string("data", None, "`train`/`search`: image folder (one sub-folder per class, or "
+                    "names starting with the class index)")
+flags.DEFINE_string("val_data", None, "`train`: validation image folder")
+flags.DEFINE_float("val_split", 0.0, "`train`: fraction of --data held out for validation")
+flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "mirrored", "multi_worker", "tpu"],
+                  "`train`/`search`: tf.distribute strategy")
+flags.DEFINE_string("tpu", None, "`train`: TPU name or address for --strategy tpu")
+flags.DEFINE_integer("epochs", 1, "`train`: epochs")
+flags.DEFINE_integer("batch", 32, "`train`/`search`: global batch, split over the replicas")
+flags.DEFINE_integer("image_size", None, "`train`: input size (default: the variant's); "
+                     "`search`: the base size that gamma scales")
+flags.DEFINE_boolean("mixed_precision", False, "`train`: mixed precision (float16 on GPUs, "
+                     "bfloat16 on TPUs and CPUs; --precision picks one)")
+flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "`train`: dtype policy (overrides --mixed_precision)")
+flags.DEFINE_float("learning_rate", None, "`train`: peak learning rate (default 0.016 x batch/256)")
+flags.DEFINE_float("warmup_epochs", 5.0, "`train`: linear warm-up epochs")
+flags.DEFINE_boolean("ema", True, "`train`: keep a weight average (0.9999) for eval and export")
+flags.DEFINE_float("randaugment", None, "`train`: RandAugment magnitude 0-10 (default: off)")
+flags.DEFINE_boolean("sync_batchnorm", False, "`train`: BatchNorm statistics across replicas")
+flags.DEFINE_boolean("freeze_backbone", False, "`train`: train only the new head")
+flags.DEFINE_integer("unfreeze_blocks", None, "`train`: with --freeze_backbone, also train the "
+                     "last N blocks (BatchNorm stays frozen)")
+flags.DEFINE_integer("steps_per_epoch", None, "`train`/`search`: steps per epoch (default: one "
+                     "pass over --data)")
+flags.DEFINE_integer("save_every_steps", 0, "`train`: also checkpoint every N steps (0: per "
+                     "epoch only)")
+flags.DEFINE_boolean("jit_compile", None, "`train`: XLA (default: Keras' auto)")
+flags.DEFINE_integer("seed", 0, "`train`/`search`: seed of the data order and augmentation")
 
 _USAGE = __doc__
 
@@ -161,7 +194,49 @@ def _cam(args: list[str]) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam}
+def _precision() -> str | None:
+    if FLAGS.precision:
+        return FLAGS.precision
+    if not FLAGS.mixed_precision:
+        return None
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def _train(args: list[str]) -> int:
+    import json
+
+    from keras_effnet.training import TrainConfig, train
+
+    if args:
+        raise app.UsageError(f"train takes flags only, got {args}")
+    if not FLAGS.data or not FLAGS.out:
+        raise app.UsageError("train needs --data DIR and --out DIR")
+    weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
+    config = TrainConfig(
+        data=FLAGS.data, out=FLAGS.out, model=FLAGS.model, phi=FLAGS.phi, weights=weights,
+        val_data=FLAGS.val_data, val_split=FLAGS.val_split, strategy=FLAGS.strategy,
+        tpu=FLAGS.tpu, epochs=FLAGS.epochs, batch=FLAGS.batch, image_size=FLAGS.image_size,
+        precision=_precision(), learning_rate=FLAGS.learning_rate,
+        warmup_epochs=FLAGS.warmup_epochs, ema=FLAGS.ema, randaugment=FLAGS.randaugment,
+        sync_batchnorm=FLAGS.sync_batchnorm, freeze_backbone=FLAGS.freeze_backbone,
+        unfreeze_blocks=FLAGS.unfreeze_blocks, steps_per_epoch=FLAGS.steps_per_epoch,
+        save_every_steps=FLAGS.save_every_steps,
+        jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        seed=FLAGS.seed, verbose=1 if sys.stdout.isatty() else 2,
+    )
+    _, summary = train(config)
+    shown = {k: summary[k] for k in ("model", "strategy", "replicas", "precision",
+                                     "resumed_from_step", "final_step", "images_per_second")}
+    print(json.dumps(shown))
+    if "model_path" in summary:
+        print(f"wrote {summary['model_path']} and {FLAGS.out}/summary.json")
+    return 0
+
+
+_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam,
+             "train": _train}
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,18 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _two_logical_cpus():
+    """MirroredStrategy tests need 2 CPU devices, which must be made before TF starts."""
+    try:
+        from keras_effnet.training import split_cpu
+    except ImportError:
+        return
+    split_cpu(2)
+
+
+_two_logical_cpus()
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -1,0 +1,222 @@
+"""`train(TrainConfig(...))`: what `keras-effnet train` runs, from data folder to .keras file.
+
+One `model.fit` under the chosen strategy with the paper's recipe, a
+checkpoint every epoch (and every N steps), TensorBoard logs, the final model
+(weight average swapped in) and a JSON summary. Run again with the same
+`out`, it resumes from the last checkpoint.
+
+    out/checkpoints/state.npz   the last training state (see checkpoint.py)
+    out/logs/                   TensorBoard
+    out/model.keras             the trained model
+    out/summary.json            settings, per-epoch metrics, steps, images/s
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+
+from keras_effnet.training import checkpoint, recipe
+from keras_effnet.training.data import eval_dataset, scan_folder, split, train_dataset
+from keras_effnet.training.finetune import (
+    check_classes,
+    classifier,
+    freeze_backbone,
+    unfreeze_top,
+)
+from keras_effnet.training.strategy import (
+    AverageBatchNormStatistics,
+    check_global_batch,
+    fit_ready,
+    get_strategy,
+    strategy_name,
+    sync_batchnorm,
+    worker_info,
+)
+
+__all__ = ["TrainConfig", "build_model", "train"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one training run; the CLI flags of `keras-effnet train` map onto these."""
+
+    data: str
+    out: str
+    model: str = "b0"
+    phi: float | None = None  # scale `model` by this compound coefficient instead
+    weights: str | None = None  # None, "imagenet", or a .keras / .weights.h5 file
+    val_data: str | None = None
+    val_split: float = 0.0
+    strategy: str = "auto"
+    tpu: str | None = None
+    epochs: int = 1
+    batch: int = 32  # global: split over the replicas
+    image_size: int | None = None
+    precision: str | None = None  # "mixed_float16" | "mixed_bfloat16"
+    learning_rate: float | None = None  # peak; default 0.016 x batch / 256
+    warmup_epochs: float = recipe.PAPER.warmup_epochs
+    ema: bool = True
+    label_smoothing: float = recipe.PAPER.label_smoothing
+    weight_decay: float = recipe.PAPER.weight_decay
+    drop_connect_rate: float = recipe.PAPER.drop_connect_rate
+    randaugment: float | None = None
+    sync_batchnorm: bool = False
+    freeze_backbone: bool = False
+    unfreeze_blocks: int | None = None
+    steps_per_epoch: int | None = None
+    save_every_steps: int = 0
+    jit_compile: bool | str = "auto"
+    seed: int = 0
+    verbose: int | str = "auto"
+
+    def recipe(self) -> recipe.Recipe:
+        return dataclasses.replace(
+            recipe.PAPER, warmup_epochs=self.warmup_epochs, label_smoothing=self.label_smoothing,
+            weight_decay=self.weight_decay, drop_connect_rate=self.drop_connect_rate)
+
+
+def build_model(config: TrainConfig, classes: int) -> keras.Model:
+    """The model to train: a file's model, or the variant with a `classes`-way head."""
+    from keras_effnet import EfficientNet, build, get_variant
+
+    weights = config.weights
+    if weights and str(weights).endswith(".keras"):
+        model = keras.saving.load_model(weights, compile=False)
+        check_classes(model, classes)
+        return model
+    spec = get_variant(config.model)
+    size = config.image_size or spec.resolution
+    if weights == "imagenet" and classes != 1000:
+        model = classifier(spec.name, classes, weights="imagenet", image_size=size,
+                           drop_connect_rate=config.drop_connect_rate)
+    elif config.phi is not None:
+        model = EfficientNet(config.phi, base=spec.name, weights=weights, classes=classes,
+                             resolution=config.image_size,
+                             drop_connect_rate=config.drop_connect_rate)
+    else:
+        model = build(spec.name, weights=weights, classes=classes, input_shape=(size, size, 3),
+                      drop_connect_rate=config.drop_connect_rate)
+    if config.freeze_backbone:
+        freeze_backbone(model)
+    if config.unfreeze_blocks:
+        unfreeze_top(model, config.unfreeze_blocks)
+    return model
+
+
+def _atomic_save(model: keras.Model, path: str) -> None:
+    temporary = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json(path: str, payload: dict) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(temporary, path)
+
+
+def train(config: TrainConfig) -> tuple[keras.Model, dict]:
+    """Train (or resume) as `config` says; returns the final model and the summary."""
+    from keras_effnet import get_variant, profile
+
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    strategy = get_strategy(config.strategy, tpu=config.tpu)
+    check_global_batch(config.batch, strategy)
+    folder = scan_folder(config.data)
+    val_folder = scan_folder(config.val_data) if config.val_data else None
+    if val_folder is None and config.val_split:
+        folder, val_folder = split(folder, config.val_split, config.seed)
+    if val_folder is not None and val_folder.class_names != folder.class_names:
+        raise ValueError(f"validation classes {val_folder.class_names[:5]}... differ from the "
+                         f"training classes {folder.class_names[:5]}...")
+    steps_per_epoch = config.steps_per_epoch or len(folder) // config.batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"{config.data!r} has {len(folder)} images, fewer than one batch of "
+                         f"{config.batch}; lower --batch or add images")
+    total_steps = config.epochs * steps_per_epoch
+    _, workers, chief = worker_info()
+    if config.precision:
+        recipe.set_precision(config.precision)
+
+    with strategy.scope():
+        model = build_model(config, folder.num_classes)
+        if config.sync_batchnorm:
+            sync_batchnorm(model)
+        recipe.compile_recipe(model, config.batch, steps_per_epoch, recipe=config.recipe(),
+                              learning_rate=config.learning_rate, ema=config.ema,
+                              jit_compile=config.jit_compile)
+        ckpt_dir = f"{config.out}/checkpoints"
+        expect = {"global_batch": config.batch, "steps_per_epoch": steps_per_epoch,
+                  "model": model.name}
+        resumed = checkpoint.restore(ckpt_dir, model, expect)
+    fit_ready(model, strategy)
+    start_step = resumed["global_step"] if resumed else 0
+    restored_norm = checkpoint.weights_norm(model) if resumed else None
+    size = model.inputs[0].shape[1]
+    summary = {
+        "model": model.name, "variant": get_variant(config.model).name,
+        "params": profile(model).params, "classes": folder.num_classes,
+        "class_names": list(folder.class_names), "train_images": len(folder),
+        "skipped_files": len(folder.skipped), "image_size": size,
+        "global_batch": config.batch, "replicas": strategy.num_replicas_in_sync,
+        "workers": workers, "strategy": strategy_name(strategy),
+        "precision": keras.config.dtype_policy().name, "epochs": config.epochs,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+        "resumed_from_step": start_step,
+        "restored_weights_norm": restored_norm,
+    }
+    if start_step >= total_steps:  # killed after the last step, before the model was saved
+        print(f"already trained: the checkpoint in {ckpt_dir} is at step {start_step} of "
+              f"{total_steps}")
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    state = checkpoint.TrainingState(
+        ckpt_dir, start_step=start_step, total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch, every_steps=config.save_every_steps, writer=chief,
+        meta=expect)
+    # BatchNorm averaged before the state is saved, so a resumed run and every worker agree
+    callbacks = [AverageBatchNormStatistics(strategy), state, *recipe.callbacks(model)]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(f"{config.out}/logs", update_freq="epoch"))
+    dataset = train_dataset(folder, size, config.batch, start_step=start_step, seed=config.seed,
+                            randaugment=config.randaugment)
+    validation = eval_dataset(val_folder, size, config.batch) if val_folder else None
+    began = time.perf_counter()
+    history = {}
+    if start_step < total_steps:
+        history = model.fit(
+            dataset, epochs=config.epochs, initial_epoch=start_step // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, validation_data=validation, callbacks=callbacks,
+            verbose=config.verbose, shuffle=False,  # the dataset shuffles, seeded
+        ).history
+    seconds = time.perf_counter() - began
+    steps_run = state.step - start_step
+    summary.update({
+        "final_step": state.step,
+        "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
+        "train_seconds": round(seconds, 2),
+        "images_per_second": round(steps_run * config.batch / seconds, 2) if steps_run else None,
+        "checkpoint_saves": state.saves,
+    })
+    if validation is not None:  # fit ended by writing the weight average into the model
+        scores = model.evaluate(validation, verbose=0, return_dict=True)
+        summary["final_eval"] = {k: float(v) for k, v in scores.items()}
+    if chief:
+        os.makedirs(config.out, exist_ok=True)
+        summary["model_path"] = f"{config.out}/model.keras"
+        _atomic_save(model, summary["model_path"])
+        _write_json(f"{config.out}/summary.json", summary)
+    else:  # the other workers' copies, to check that they agree with the chief's
+        index = worker_info()[0]
+        folder = f"{config.out}/workers/{index}"
+        os.makedirs(folder, exist_ok=True)
+        model.save_weights(f"{folder}/model.weights.h5", overwrite=True)
+        _write_json(f"{folder}/summary.json", summary)
+    return model, summary

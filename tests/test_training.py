@@ -1,0 +1,431 @@
+"""keras_effnet.training: strategies, recipe, data, fine-tuning, resume, and the `train` CLI.
+
+Models here are tiny (phi=-4 at 32 px, ~1.2 M parameters) and compiled without
+XLA: the facts under test (same gradients on two replicas, identical workers,
+a resumed step counter) do not depend on size, and the suite must stay fast.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO
+
+import keras_effnet as ke
+from keras_effnet import training
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+ARCH = ["--model", "b0", "--phi=-4", "--image_size", "32", "--nojit_compile"]
+TINY = [*ARCH, "--weights", "none"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, skimage_photos):
+    """3 classes x 8 crops of scikit-image photos, plus one fake and one empty image."""
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    sources = {"cat": skimage_photos["chelsea"], "coffee": skimage_photos["coffee"],
+               "rocket": skimage.data.rocket()}
+    for name, image in sources.items():
+        (root / name).mkdir()
+        height, width, _ = image.shape
+        for i in range(8):
+            side = int(rng.integers(min(height, width) // 2, min(height, width)))
+            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            crop = image[top:top + side, left:left + side]
+            Image.fromarray(crop).resize((48, 48)).save(root / name / f"{i}.jpg")
+    (root / "cat" / "notes.jpg").write_bytes(b"this is text, not a JPEG")
+    (root / "coffee" / "empty.png").write_bytes(b"")
+    return root
+
+
+def _tiny(classes=3, **kwargs):
+    return ke.EfficientNet(-4, resolution=32, classes=classes, **kwargs)
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "keras_effnet.cli", *args], env=ENV,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+# --- strategies ---------------------------------------------------------------------------
+
+
+def test_mirrored_over_two_cpus_matches_one_device(folder):
+    """2 SGD steps, global batch 8: two replicas with synchronized BatchNorm give the weights
+    one device gives (the gradient of the same global batch)."""
+    import tensorflow as tf
+
+    assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest splits the CPU in two"
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 3, 16), 3)
+    keras.utils.set_random_seed(0)
+    reference = _tiny(dropout_rate=0.0, drop_connect_rate=0.0)
+    initial = reference.get_weights()
+
+    def two_steps(strategy, sync):
+        with strategy.scope():
+            model = _tiny(dropout_rate=0.0, drop_connect_rate=0.0)
+            model.set_weights(initial)
+            assert training.sync_batchnorm(model, sync) > 0
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss="categorical_crossentropy",
+                          jit_compile=False)
+        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)
+        return model.get_weights()
+
+    mirrored = training.get_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2
+    single = two_steps(training.get_strategy("cpu"), False)
+    synced = two_steps(mirrored, True)
+    unsynced = two_steps(mirrored, False)
+    moved = max(np.abs(a - b).max() for a, b in zip(single, initial))
+    gap = max(np.abs(a - b).max() for a, b in zip(single, synced))
+    per_replica = max(np.abs(a - b).max() for a, b in zip(single, unsynced))
+    print(f"moved {moved:.3g}, synchronized gap {gap:.3g}, per-replica BN gap {per_replica:.3g}")
+    assert moved > 1e-2, "the steps must change the weights for the comparison to mean anything"
+    assert gap < 1e-3 * moved, f"mirrored differs from one device by {gap} (moved {moved})"
+    assert per_replica > 10 * gap, "per-replica BatchNorm statistics should differ visibly"
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_agree(folder, tmp_path):
+    """Two `keras-effnet train --strategy multi_worker` processes on 127.0.0.1 end with the
+    same weights; only the chief writes the model, the other worker its own copy."""
+    out = tmp_path / "run"
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                               "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "keras_effnet.cli", "train", *TINY, "--data", str(folder),
+             "--out", str(out), "--strategy", "multi_worker", "--batch", "8", "--epochs", "1",
+             "--steps_per_epoch", "3", "--noema"],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == "MultiWorkerMirroredStrategy"
+    assert summary["workers"] == 2 and summary["replicas"] == 2 and summary["final_step"] == 3
+    chief = keras.saving.load_model(out / "model.keras", compile=False)
+    other = _tiny()
+    other.load_weights(out / "workers" / "1" / "model.weights.h5")
+    initial = _tiny().get_weights()
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(a.shape == b.shape and not np.allclose(a, b)
+               for a, b in zip(chief.get_weights(), initial)), "training changed nothing"
+
+
+def test_strategy_and_tf_config_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown strategy 'gpus'; expected one of auto, cpu"):
+        training.get_strategy("gpus")
+    for text, message in [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('["worker"]', "must be a JSON object"),
+        ('{"task": {"type": "worker", "index": 0}}', "no 'cluster' mapping"),
+        ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+         "each address must be 'host:port'"),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+         "task index 2 is out of range"),
+        ('{"cluster": {"worker": ["a:1"]}}', "no 'task' with 'type' and 'index'"),
+        ('{"cluster": {"gpu": ["a:1"]}, "task": {"type": "gpu", "index": 0}}',
+         "task type 'gpu'"),
+    ]:
+        monkeypatch.setenv("TF_CONFIG", text)
+        with pytest.raises(ValueError, match=message):
+            training.get_strategy("multi_worker")
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        training.get_strategy("multi_worker")
+    assert training.worker_info(training.parse_tf_config(
+        '{"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, '
+        '"task": {"type": "worker", "index": 1}}')) == (2, 3, False)
+
+
+def test_global_batch_and_learning_rate_follow_the_replicas():
+    mirrored = training.get_strategy("mirrored")
+    assert training.check_global_batch(8, mirrored) == 4
+    with pytest.raises(ValueError, match="global batch 7 is not divisible by the 2 replicas of "
+                                         "MirroredStrategy; use a multiple of 2"):
+        training.check_global_batch(7, mirrored)
+    assert training.scaled_learning_rate(4096) == pytest.approx(0.256)  # tpu's B0 at 4096
+    assert training.scaled_learning_rate(256) == pytest.approx(0.016)
+
+
+# --- recipe -------------------------------------------------------------------------------
+
+
+def test_learning_rate_schedule_is_the_papers():
+    schedule = training.learning_rate_schedule(global_batch=512, steps_per_epoch=100)
+    peak = 0.016 * 2
+    lr = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))
+    assert lr(0) == 0.0
+    assert lr(250) == pytest.approx(peak / 2)  # half way through the 5-epoch warm-up
+    assert lr(500) == pytest.approx(peak * 0.97 ** 2)  # epoch 5 = 2 decays of 2.4 epochs
+    assert lr(719) == pytest.approx(peak * 0.97 ** 2)  # staircase
+    assert lr(720) == pytest.approx(peak * 0.97 ** 3)
+    config = schedule.get_config()
+    assert type(schedule).from_config(config).get_config() == config
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+    model = _tiny()
+    count = training.add_weight_decay(model, 1e-5)
+    kernels = [v for layer in model.layers for v in layer.weights
+               if v.path.endswith(("/kernel", "/depthwise_kernel"))]
+    assert count == len(kernels) > 20
+    decayed = {id(v) for v in model.weights if v.regularizer is not None}
+    assert decayed == {id(v) for v in kernels}
+    expected = 1e-5 / 2 * sum(float(np.square(v.numpy()).sum()) for v in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_optimizer_and_loss_are_the_papers():
+    optimizer = training.rmsprop(0.016, ema=0.9999)
+    assert (optimizer.rho, optimizer.momentum, optimizer.epsilon) == (0.9, 0.9, 1e-3)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9999
+    assert training.loss().get_config()["label_smoothing"] == 0.1
+    # the average warms up like tf.train.ExponentialMovingAverage(num_updates=step)
+    variable = keras.Variable(np.zeros(3, "float32"))
+    optimizer.build([variable])
+    optimizer.iterations.assign(5)
+    variable.assign(np.ones(3, "float32"))
+    optimizer._update_model_variables_moving_average([variable])
+    average = optimizer._model_variables_moving_average[0].numpy()
+    np.testing.assert_allclose(average, 1 - 6 / 15, rtol=1e-6)  # decay min(0.9999, 6/15)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_b0_trains_20_steps_under_mixed_precision(policy):
+    """B0 (full depth and width, 64 px) with the whole recipe: no NaN or inf in 20 steps; the
+    SE gates and the softmax compute in float32."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (40, 64, 64, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 10, 40), 10)
+    previous = keras.config.dtype_policy()
+    try:
+        training.set_precision(policy)
+        model = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10)
+        training.compile_recipe(model, global_batch=2, steps_per_epoch=20, jit_compile=False)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.get_layer("block1a_dwconv").compute_dtype == policy.split("_")[1]
+    assert model.get_layer("block1a_se_expand").compute_dtype == "float32"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    applied = int(model.optimizer.iterations.numpy())
+    if policy == "mixed_float16":
+        # dynamic loss scaling skips a step on overflow and halves the scale (from 2**15;
+        # it grows only after 2000 good steps): every one of the 20 steps is accounted for
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        skipped = round(np.log2(model.optimizer.initial_scale / scale))
+        print(f"{applied} steps applied, {skipped} skipped by loss scaling (scale {scale})")
+        assert applied + skipped == 20 and applied >= 10
+    else:
+        assert applied == 20  # bfloat16 has float32's range: no loss scaling
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert np.isfinite(model.predict(x[:4], verbose=0)).all()
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def test_folder_scan_counts_unreadable_files(folder):
+    found = training.scan_folder(folder)
+    assert found.class_names == ("cat", "coffee", "rocket")
+    assert len(found) == 24 and found.num_classes == 3
+    assert sorted(os.path.basename(p) for p, _ in found.skipped) == ["empty.png", "notes.jpg"]
+    train, val = training.split(found, 0.25)
+    assert (len(train), len(val)) == (18, 6) and set(val.labels) == {0, 1, 2}
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        training.scan_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no readable images"):
+        training.scan_folder(tmp_path / "empty")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(ValueError, match="without a leading class index"):
+        training.scan_folder(tmp_path / "flat")
+
+
+def test_pipelines_crop_resume_and_read_tfrecords(folder, tmp_path):
+    import tensorflow as tf
+
+    found = training.scan_folder(folder)
+    images, labels = next(iter(training.train_dataset(found, 40, batch=4)))
+    assert images.shape == (4, 40, 40, 3) and labels.shape == (4, 3)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+    # resuming at step 3 gives the labels an uninterrupted run sees from step 3
+    order = [np.argmax(y, -1).tolist()
+             for _, y in training.train_dataset(found, 32, batch=4).take(5)]
+    resumed = [np.argmax(y, -1).tolist()
+               for _, y in training.train_dataset(found, 32, batch=4, start_step=3).take(2)]
+    assert resumed == order[3:5]
+    # evaluation: the centre crop of load_image (PIL) up to resampling differences
+    evaluated = next(iter(training.eval_dataset(found, 40, batch=24)))[0].numpy()
+    reference = ke.load_image(found.files[0], 40)
+    assert np.abs(evaluated[0] - reference).mean() < 3.0
+    # TFRecords in tensorflow/tpu's layout, labels stored 1-based
+    path = str(tmp_path / "train-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as writer:
+        for file, label in zip(found.files, found.labels):
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[Path(file).read_bytes()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[label + 1])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(
+                feature=feature)).SerializeToString())
+    records = training.tfrecord_dataset(str(tmp_path / "train-*"), 40, 24, training=False,
+                                        num_classes=3)
+    _, record_labels = next(iter(records))
+    assert np.argmax(record_labels, -1).tolist() == list(found.labels)
+    with pytest.raises(ValueError, match="no TFRecord files match"):
+        training.tfrecord_dataset(str(tmp_path / "nothing-*"), 40, 4, training=True)
+
+
+# --- fine-tuning --------------------------------------------------------------------------
+
+
+def test_freeze_then_unfreeze_top_blocks_keeps_batchnorm_frozen():
+    model = training.classifier("lite0", classes=4, weights=None, image_size=64)
+    assert model.get_layer("predictions").units == 4
+    head = training.freeze_backbone(model)
+    assert head == 1280 * 4 + 4
+    opened = training.unfreeze_top(model, 2)
+    assert training.block_ids(model)[-2:] == ["block6d", "block7a"]
+    assert "block7a_project_conv" in opened and "top_conv" in opened
+    assert not model.get_layer("block7a_project_bn").trainable
+    assert not model.get_layer("block6c_project_conv").trainable
+    trainable = {v.path.split("/")[0] for v in model.trainable_weights}
+    assert trainable == set(opened) | {"predictions"}
+    with pytest.raises(ValueError, match="blocks must be an int in 0..16"):
+        training.unfreeze_top(model, 17)
+
+
+# --- the train command --------------------------------------------------------------------
+
+
+def test_train_bad_input_errors(folder, tmp_path):
+    def config(**kwargs):
+        return training.TrainConfig(**{"data": str(folder), "out": str(tmp_path / "out"),
+                                       "phi": -4, "image_size": 32, "batch": 4, **kwargs})
+
+    for kwargs, message in [
+        ({"data": str(tmp_path / "nowhere")}, "data folder .* does not exist"),
+        ({"data": str(tmp_path)}, "no readable images"),
+        ({"strategy": "mirrored", "batch": 3},
+         "global batch 3 is not divisible by the 2 replicas"),
+        ({"batch": 32}, "has 24 images, fewer than one batch of 32"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            training.train(config(**kwargs))
+    assert not (tmp_path / "out").exists()
+    # through the command line: one line on stderr, exit status 2, no traceback
+    _tiny(classes=5).save(tmp_path / "five.keras")
+    result = _cli("train", *ARCH, "--weights", str(tmp_path / "five.keras"), "--data",
+                  str(folder), "--batch", "4", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search("error: the data has 3 classes but .* head has 5 outputs", result.stderr)
+    result = _cli("train", *TINY, "--data", str(folder), "--out", str(tmp_path / "o"),
+                  "--strategy", "gpus")
+    assert result.returncode == 1 and "--strategy" in result.stderr and "gpus" in result.stderr
+
+
+def _read_state(directory):
+    try:
+        return training.load_state(str(directory))
+    except (OSError, ValueError, KeyError):
+        return None  # caught between the write and the rename
+
+
+def test_sigkill_mid_epoch_then_resume(folder, tmp_path):
+    """SIGKILL `keras-effnet train` after a mid-epoch checkpoint; run it again: it restores
+    that checkpoint's weights, continues its step counter, and finishes the run."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "keras_effnet.cli", "train", *TINY, "--data", str(folder),
+            "--out", str(out), "--batch", "4", "--epochs", "3", "--steps_per_epoch", "5",
+            "--save_every_steps", "1"]
+    proc = subprocess.Popen(args, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state, deadline = None, time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            state = _read_state(out / "checkpoints")
+            if state and state[0]["global_step"] >= 2 and state[0]["step_in_epoch"]:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    state = _read_state(out / "checkpoints")  # the last save before the kill
+    killed_at = state[0]["global_step"]
+    assert 2 <= killed_at < 15 and not (out / "model.keras").exists()
+    assert state[0]["optimizer_iterations"] == killed_at
+    result = subprocess.run(args, env=ENV, cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == killed_at
+    assert summary["restored_weights_norm"] == pytest.approx(
+        training.checkpoint.weights_norm(state[1]), rel=1e-6)
+    assert summary["final_step"] == summary["optimizer_iterations"] == 15
+    epochs_run = len(summary["history"]["loss"])
+    assert epochs_run == 3 - killed_at // 5
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.output_shape == (None, 3)
+    assert (out / "logs").is_dir()
+
+
+def test_batchnorm_statistics_are_averaged_over_replicas():
+    """Keras 3 keeps one set of moving statistics per replica; the epoch-end callback leaves
+    every replica with their mean."""
+    import tensorflow as tf
+
+    strategy = training.get_strategy("mirrored")
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()])
+    variable = model.layers[0].moving_mean
+
+    def diverge():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        variable.assign(tf.fill([4], tf.cast(replica, tf.float32) * 2.0 + 1.0))
+
+    strategy.run(tf.function(diverge))
+    before = [v.numpy() for v in strategy.experimental_local_results(variable.value)]
+    assert not np.array_equal(before[0], before[1])
+    callback = training.AverageBatchNormStatistics(strategy)
+    callback.set_model(model)
+    assert callback.average() == 2  # moving mean and variance of one layer
+    for value in strategy.experimental_local_results(variable.value):
+        np.testing.assert_allclose(value.numpy(), np.full(4, 2.0))
