@@ -68,7 +68,7 @@ def keras_runner(model, image: np.ndarray):
     return lambda: np.asarray(function(batch))
 
 
-def keras_applications(name: str):
+def keras_applications(name: str, input_shape: tuple | None = None):
     """keras.applications' `name` with weights=None, computing what a trained one
     computes. Its EfficientNets' stem Normalization then holds mean 0 and
     variance 1, an identity that TensorFlow and the TFLite converter remove; the
@@ -80,7 +80,7 @@ def keras_applications(name: str):
     constructor = getattr(keras.applications, name, None)
     if constructor is None:
         raise PeerUnavailable(f"keras.applications has no {name} in Keras {keras.__version__}")
-    model = constructor(weights=None)
+    model = constructor(weights=None, input_shape=input_shape)
     if name.startswith("EfficientNet"):
         variant = ke.get_variant(name.replace("EfficientNet", "").lower())
         layer = next(layer for layer in model.layers

@@ -70,6 +70,16 @@ flags.DEFINE_integer("save_every_steps", 0, "`train`: also checkpoint every N st
                      "epoch only)")
 flags.DEFINE_boolean("jit_compile", None, "`train`: XLA (default: Keras' auto)")
 flags.DEFINE_integer("seed", 0, "`train`/`search`: seed of the data order and augmentation")
+flags.DEFINE_string("base", "b0", "`search`: the variant whose scaling is searched")
+flags.DEFINE_float("base_phi", 0.0, "`search`: shrink the baseline first by this compound "
+                   "coefficient (paper's alpha, beta, gamma), e.g. -4 on a CPU")
+flags.DEFINE_list("candidates", None, "`search`: alpha:beta:gamma triples instead of the grid, "
+                  "e.g. 1.2:1.1:1.15,1.4:1:1.2")
+flags.DEFINE_float("grid_step", 0.1, "`search`: grid spacing of alpha, beta, gamma from 1")
+flags.DEFINE_float("grid_max", 1.4, "`search`: largest alpha, beta, gamma on the grid")
+flags.DEFINE_float("tolerance", 0.1, "`search`: how far alpha*beta^2*gamma^2 may be from 2")
+flags.DEFINE_integer("max_candidates", None, "`search`: train only the N candidates closest "
+                     "to the FLOPs target")
 
 _USAGE = __doc__
 
@@ -235,8 +245,42 @@ def _train(args: list[str]) -> int:
     return 0
 
 
+def _search(args: list[str]) -> int:
+    from keras_effnet.training.search import SearchConfig, search
+
+    if args:
+        raise app.UsageError(f"search takes flags only, got {args}")
+    if not FLAGS.data or not FLAGS.out:
+        raise app.UsageError("search needs --data DIR and --out DIR")
+    candidates = None
+    if FLAGS.candidates:
+        try:
+            candidates = [tuple(float(v) for v in c.split(":")) for c in FLAGS.candidates]
+        except ValueError:
+            raise app.UsageError(f"--candidates takes alpha:beta:gamma triples, got "
+                                 f"{','.join(FLAGS.candidates)}") from None
+    config = SearchConfig(
+        data=FLAGS.data, out=FLAGS.out, base=FLAGS.base,
+        phi=1.0 if FLAGS.phi is None else FLAGS.phi, base_phi=FLAGS.base_phi,
+        image_size=FLAGS.image_size, candidates=candidates, grid_step=FLAGS.grid_step,
+        grid_max=FLAGS.grid_max, tolerance=FLAGS.tolerance, max_candidates=FLAGS.max_candidates,
+        val_data=FLAGS.val_data, val_split=FLAGS.val_split, strategy=FLAGS.strategy,
+        epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, batch=FLAGS.batch,
+        learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+        jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    result = search(config)
+    print(result["table"])
+    winner = result["winner"]
+    print(f"winner: alpha={winner['alpha']:.2f} beta={winner['beta']:.2f} "
+          f"gamma={winner['gamma']:.2f}; wrote {FLAGS.out}/search.json, search.md"
+          + (", search.png" if "plot" in result else ""))
+    return 0
+
+
 _COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam,
-             "train": _train}
+             "train": _train, "search": _search}
 
 
 def main(argv: list[str]) -> int:

@@ -429,3 +429,56 @@ def test_batchnorm_statistics_are_averaged_over_replicas():
     assert callback.average() == 2  # moving mean and variance of one layer
     for value in strategy.experimental_local_results(variable.value):
         np.testing.assert_allclose(value.numpy(), np.full(4, 2.0))
+
+
+# --- the compound-scaling search ----------------------------------------------------------
+
+
+def test_candidate_grid_keeps_the_flops_constraint():
+    grid = training.candidate_grid(step=0.05, max_value=1.4)
+    assert (1.2, 1.1, 1.15) in grid  # the paper's result lies on the 0.05 grid
+    for alpha, beta, gamma in grid:
+        assert min(alpha, beta, gamma) >= 1.0
+        assert abs(alpha * beta**2 * gamma**2 - 2.0) <= 0.1 + 1e-9
+    assert len(training.candidate_grid()) == 15  # the default 0.1 grid
+    with pytest.raises(ValueError, match="no \\(alpha, beta, gamma\\) on a grid"):
+        training.candidate_grid(step=0.2, max_value=1.4, tolerance=0.01)
+
+
+def test_search_runs_killed_and_resumed(folder, tmp_path):
+    """`keras-effnet search` over two candidates from a shrunk B0; SIGKILLed once the first is
+    done, run again: the first is reused, the second trained, the table, JSON and plot
+    written with params, MACs and accuracy per candidate."""
+    out = tmp_path / "search"
+    args = [sys.executable, "-m", "keras_effnet.cli", "search", "--data", str(folder),
+            "--out", str(out), "--base_phi=-4", "--image_size", "32",
+            "--candidates", "1.2:1.1:1.15,1.4:1.0:1.2", "--batch", "8",
+            "--steps_per_epoch", "2", "--nojit_compile"]
+    proc = subprocess.Popen(args, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = out / "candidates" / "a1.20-b1.10-g1.15" / "summary.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not first.exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and first.exists()
+    assert not (out / "search.json").exists()
+    result = _cli(*args[3:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/2] alpha=1.20 beta=1.10 gamma=1.15 (36 px): done before, reused" in result.stdout
+    assert "[2/2] alpha=1.40 beta=1.00 gamma=1.20 (40 px): training" in result.stdout
+    report = json.loads((out / "search.json").read_text())
+    rows = report["candidates"]
+    assert [(r["alpha"], r["beta"], r["gamma"]) for r in rows] == [(1.2, 1.1, 1.15),
+                                                                   (1.4, 1.0, 1.2)]
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["params"] > 0 and row["macs"] > 0
+    # deeper (alpha 1.4) and narrower (beta 1.0) than the paper's: fewer params
+    assert rows[1]["params"] < rows[0]["params"]
+    assert report["winner"] in rows and "winner" in (out / "search.md").read_text()
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 1.20 | 1.10 | 1.15 | 1.920 | 36 |" in result.stdout

@@ -53,6 +53,7 @@ from keras_effnet.training.strategy import (
     sync_batchnorm,
     worker_info,
 )
+from keras_effnet.training.search import SearchConfig, candidate_grid, search
 from keras_effnet.training.trainer import TrainConfig, build_model, train
 
 __all__ = [
@@ -62,11 +63,13 @@ __all__ = [
     "ImageFolder",
     "RMSpropEMA",
     "Recipe",
+    "SearchConfig",
     "TrainConfig",
     "TrainingState",
     "WarmupExponentialDecay",
     "add_weight_decay",
     "block_ids",
+    "candidate_grid",
     "build_model",
     "check_classes",
     "check_global_batch",
@@ -84,6 +87,7 @@ __all__ = [
     "rmsprop",
     "scaled_learning_rate",
     "scan_folder",
+    "search",
     "set_precision",
     "split",
     "split_cpu",

@@ -38,7 +38,7 @@ __all__ = [
 
 STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 _TASK_TYPES = ("chief", "worker", "evaluator", "ps")
-_MIRRORED: dict[tuple[str, ...], object] = {}
+_STRATEGIES: dict[tuple, object] = {}
 
 
 def _tf():
@@ -177,22 +177,27 @@ def get_strategy(name: str = "auto", *, tpu: str | None = None):
             return tf.distribute.get_strategy()
     if name == "cpu":
         return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "multi_worker" and config is None:
+        raise ValueError(
+            "strategy 'multi_worker' needs TF_CONFIG (the cluster's addresses and this "
+            "task's place in it) in the environment of every worker")
+    # one strategy object per kind and process: two MirroredStrategy objects number their
+    # collective ops alike, so a second one's all-reduce meets the first's ("Shape mismatch
+    # in the collective instance"); the multi-worker one and the TPU system may be set up
+    # only once per process anyway
     if name == "mirrored":
-        devices = tuple(d.name for d in tf.config.list_logical_devices("GPU")) or \
-            tuple(d.name for d in tf.config.list_logical_devices("CPU"))
-        # one strategy per device set and process: two MirroredStrategy objects number
-        # their collective ops alike, and a second one's all-reduce then meets the first's
-        # ("Shape mismatch in the collective instance")
-        if devices not in _MIRRORED:
-            _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
-        return _MIRRORED[devices]
-    if name == "multi_worker":
-        if config is None:
-            raise ValueError(
-                "strategy 'multi_worker' needs TF_CONFIG (the cluster's addresses and this "
-                "task's place in it) in the environment of every worker")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return _tpu_strategy(tf, tpu)
+        key = (name, *(d.name for d in tf.config.list_logical_devices("GPU")
+                       or tf.config.list_logical_devices("CPU")))
+    else:  # listing devices would start the runtime before collective ops are configured
+        key = (name, tpu)
+    if key not in _STRATEGIES:
+        if name == "mirrored":
+            _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(key[1:]))
+        elif name == "multi_worker":
+            _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            _STRATEGIES[key] = _tpu_strategy(tf, tpu)
+    return _STRATEGIES[key]
 
 
 def strategy_name(strategy) -> str:

@@ -49,6 +49,8 @@ class TrainConfig:
     out: str
     model: str = "b0"
     phi: float | None = None  # scale `model` by this compound coefficient instead
+    depth_coefficient: float | None = None  # or scale its depth and width directly (search)
+    width_coefficient: float | None = None
     weights: str | None = None  # None, "imagenet", or a .keras / .weights.h5 file
     val_data: str | None = None
     val_split: float = 0.0
@@ -94,8 +96,10 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
     if weights == "imagenet" and classes != 1000:
         model = classifier(spec.name, classes, weights="imagenet", image_size=size,
                            drop_connect_rate=config.drop_connect_rate)
-    elif config.phi is not None:
+    elif config.phi is not None or config.depth_coefficient or config.width_coefficient:
         model = EfficientNet(config.phi, base=spec.name, weights=weights, classes=classes,
+                             depth_coefficient=config.depth_coefficient,
+                             width_coefficient=config.width_coefficient,
                              resolution=config.image_size,
                              drop_connect_rate=config.drop_connect_rate)
     else:
@@ -160,9 +164,10 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     start_step = resumed["global_step"] if resumed else 0
     restored_norm = checkpoint.weights_norm(model) if resumed else None
     size = model.inputs[0].shape[1]
+    report = profile(model)
     summary = {
         "model": model.name, "variant": get_variant(config.model).name,
-        "params": profile(model).params, "classes": folder.num_classes,
+        "params": report.params, "macs": report.macs, "classes": folder.num_classes,
         "class_names": list(folder.class_names), "train_images": len(folder),
         "skipped_files": len(folder.skipped), "image_size": size,
         "global_batch": config.batch, "replicas": strategy.num_replicas_in_sync,
