@@ -40,6 +40,7 @@ from keras_effnet.training.recipe import (
     rmsprop,
     set_precision,
 )
+from keras_effnet.training.search import SearchConfig, candidate_grid, search
 from keras_effnet.training.strategy import (
     STRATEGIES,
     AverageBatchNormStatistics,
@@ -53,7 +54,6 @@ from keras_effnet.training.strategy import (
     sync_batchnorm,
     worker_info,
 )
-from keras_effnet.training.search import SearchConfig, candidate_grid, search
 from keras_effnet.training.trainer import TrainConfig, build_model, train
 
 __all__ = [
@@ -69,8 +69,8 @@ __all__ = [
     "WarmupExponentialDecay",
     "add_weight_decay",
     "block_ids",
-    "candidate_grid",
     "build_model",
+    "candidate_grid",
     "check_classes",
     "check_global_batch",
     "classifier",

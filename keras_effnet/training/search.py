@@ -51,7 +51,7 @@ def candidate_grid(step: float = 0.1, max_value: float = 1.4, target: float = 2.
                          f"max_value={max_value}")
     if tolerance < 0 or target < 1:
         raise ValueError(f"expected target >= 1 and tolerance >= 0, got {target}, {tolerance}")
-    values = [round(1.0 + i * step, 6) for i in range(int(round((max_value - 1.0) / step)) + 1)]
+    values = [round(1.0 + i * step, 6) for i in range(round((max_value - 1.0) / step) + 1)]
     grid = [(a, b, g) for a, b, g in itertools.product(values, repeat=3)
             if abs(flops_multiplier(a, b, g) - target) <= tolerance + 1e-9]
     if not grid:
@@ -155,11 +155,11 @@ def _winner(rows: list[dict]) -> dict:
 
 
 def _markdown(config: SearchConfig, rows: list[dict], winner: dict, evaluated_on: str) -> str:
-    lines = [f"Compound-scaling search: base {config.base} (base_phi {config.base_phi:g}), "
+    lines = [(f"Compound-scaling search: base {config.base} (base_phi {config.base_phi:g}), "
              f"phi {config.phi:g}, {len(rows)} candidate(s), {config.epochs} epoch(s) each; "
-             f"accuracy on {evaluated_on}.", "",
-             "| alpha | beta | gamma | a*b^2*g^2 | px | params (M) | MACs (M) | accuracy | "
-             "train s |",
+             f"accuracy on {evaluated_on}."), "",
+             ("| alpha | beta | gamma | a*b^2*g^2 | px | params (M) | MACs (M) | accuracy | "
+             "train s |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r is not winner, r["macs"])):
         mark = " **winner**" if r is winner else ""
