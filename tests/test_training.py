@@ -482,3 +482,17 @@ def test_search_runs_killed_and_resumed(folder, tmp_path):
     assert report["winner"] in rows and "winner" in (out / "search.md").read_text()
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 1.20 | 1.10 | 1.15 | 1.920 | 36 |" in result.stdout
+
+
+def test_randaugment_changes_training_images_only(folder):
+    found = training.scan_folder(folder)
+    plain = next(iter(training.train_dataset(found, 32, batch=8, seed=3)))[0].numpy()
+    augmented, labels = next(iter(training.train_dataset(found, 32, batch=8, seed=3,
+                                                         randaugment=9)))
+    augmented = augmented.numpy()
+    assert augmented.shape == plain.shape and labels.shape == (8, 3)
+    assert 0.0 <= augmented.min() and augmented.max() <= 255.0
+    assert np.abs(augmented - plain).mean() > 1.0  # same crops (same seed), then augmented
+    evaluated = next(iter(training.eval_dataset(found, 32, batch=8)))[0].numpy()
+    again = next(iter(training.eval_dataset(found, 32, batch=8)))[0].numpy()
+    np.testing.assert_array_equal(evaluated, again)  # evaluation is deterministic

@@ -170,6 +170,7 @@ def _random_resized_crop(image, size: int):
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, crop)
     image = tf.image.resize(image, (size, size), method="bicubic")
+    image.set_shape([size, size, 3])  # tf.slice forgets the channels; RandAugment needs them
     return tf.image.random_flip_left_right(tf.clip_by_value(image, 0.0, 255.0))
 
 

@@ -25,7 +25,7 @@ import keras
 from keras import ops
 
 from keras_effnet.training._util import iter_layers
-from keras_effnet.training.strategy import scaled_learning_rate
+from keras_effnet.training.strategy import AverageBatchNormStatistics, scaled_learning_rate
 
 __all__ = [
     "PAPER",
@@ -196,13 +196,21 @@ def set_precision(policy: str | None) -> str:
     return policy
 
 
-def callbacks(model: keras.Model) -> list[keras.callbacks.Callback]:
-    """Evaluate with the weight average when the optimizer keeps one."""
+def callbacks(model: keras.Model, strategy=None) -> list[keras.callbacks.Callback]:
+    """The callbacks the recipe needs in `fit`.
+
+    With several replicas, BatchNorm's moving statistics averaged over them at
+    each epoch end (`AverageBatchNormStatistics`); with a weight average,
+    evaluation on the average (`SwapEMAWeights`).
+    """
+    result = []
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        result.append(AverageBatchNormStatistics(strategy))
     optimizer = getattr(model, "optimizer", None)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if inner is not None and getattr(inner, "use_ema", False):
-        return [keras.callbacks.SwapEMAWeights()]
-    return []
+        result.append(keras.callbacks.SwapEMAWeights())
+    return result
 
 
 def compile_recipe(model: keras.Model, global_batch: int, steps_per_epoch: int, *,

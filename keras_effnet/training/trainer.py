@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import keras
 
@@ -29,7 +30,6 @@ from keras_effnet.training.finetune import (
     unfreeze_top,
 )
 from keras_effnet.training.strategy import (
-    AverageBatchNormStatistics,
     check_global_batch,
     fit_ready,
     get_strategy,
@@ -185,8 +185,9 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
         ckpt_dir, start_step=start_step, total_steps=total_steps,
         steps_per_epoch=steps_per_epoch, every_steps=config.save_every_steps, writer=chief,
         meta=expect)
-    # BatchNorm averaged before the state is saved, so a resumed run and every worker agree
-    callbacks = [AverageBatchNormStatistics(strategy), state, *recipe.callbacks(model)]
+    # BatchNorm averaged over the replicas before the state is saved, so a resumed run and
+    # every worker agree
+    callbacks = [*recipe.callbacks(model, strategy), state]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(f"{config.out}/logs", update_freq="epoch"))
     dataset = train_dataset(folder, size, config.batch, start_step=start_step, seed=config.seed,
@@ -195,11 +196,16 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     began = time.perf_counter()
     history = {}
     if start_step < total_steps:
-        history = model.fit(
-            dataset, epochs=config.epochs, initial_epoch=start_step // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, validation_data=validation, callbacks=callbacks,
-            verbose=config.verbose, shuffle=False,  # the dataset shuffles, seeded
-        ).history
+        with warnings.catch_warnings():
+            # the validation set's size is unknown to tf.data (a file that fails to decode is
+            # dropped), so Keras learns it by running out, and says so after the first pass
+            warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+            history = model.fit(
+                dataset, epochs=config.epochs, initial_epoch=start_step // steps_per_epoch,
+                steps_per_epoch=steps_per_epoch, validation_data=validation,
+                callbacks=callbacks, verbose=config.verbose,
+                shuffle=False,  # the dataset shuffles, seeded
+            ).history
     seconds = time.perf_counter() - began
     steps_run = state.step - start_step
     summary.update({
