@@ -30,8 +30,8 @@ setup(
     extras_require={
         "weights": LITE_WEIGHTS,
         # nbclient + ipykernel run examples/*.ipynb in the tests
-        "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient", "nbformat",
-                 "ipykernel", "matplotlib"] + LITE_WEIGHTS,
+        "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient",
+                 "nbformat", "ipykernel", "matplotlib"] + LITE_WEIGHTS,
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
         "plots": ["matplotlib"],
     },
