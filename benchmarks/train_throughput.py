@@ -37,6 +37,7 @@ flags.DEFINE_list("configs", ["float32", "float32+jit", "mixed_bfloat16", "mixed
                   "dtype policy, '+jit' for XLA")
 flags.DEFINE_string("out", str(_bench.RESULTS), "output folder")
 flags.DEFINE_string("name", "train_throughput", "results file name (per machine, e.g. _gpu)")
+flags.DEFINE_boolean("update_readme", True, "rewrite the README block named --name")
 
 
 def _accelerator() -> str:
@@ -182,7 +183,7 @@ def main(argv):
               f"peer {row['peer']['images_per_s']:.1f}, "
               f"ratio {row['ours_over_peer_images_per_s']:.3f}", flush=True)
         data["results"].append(row)
-    _bench.publish(FLAGS.name, data, _markdown(data), FLAGS.out, readme=False)
+    _bench.publish(FLAGS.name, data, _markdown(data), FLAGS.out, FLAGS.update_readme)
     return 0 if data["results"] else 1
 
 

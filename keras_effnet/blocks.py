@@ -14,6 +14,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from keras_effnet.layers import BatchNormalization
 from keras_effnet.scaling import BlockPlan
 from keras_effnet.specs import FUSED, MBCONV
 
@@ -67,7 +68,7 @@ def float32_under_mixed_precision() -> str | None:
 
 def _bn(name: str) -> layers.Layer:
     # keras.applications defaults: momentum 0.99, epsilon 1e-3 (tensorflow/tpu too)
-    return layers.BatchNormalization(axis=-1, name=name)
+    return BatchNormalization(axis=-1, name=name)
 
 
 def _conv(filters: int, kernel_size: int, name: str, strides: int = 1, padding: str = "same"):

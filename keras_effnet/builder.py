@@ -20,7 +20,7 @@ from keras_effnet.blocks import (
     float32_under_mixed_precision,
     same_padding,
 )
-from keras_effnet.layers import Normalization
+from keras_effnet.layers import BatchNormalization, Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VariantSpec
 
@@ -133,7 +133,7 @@ def build_efficientnet(
         stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv",
     )(x)
-    x = layers.BatchNormalization(axis=-1, name="stem_bn")(x)
+    x = BatchNormalization(axis=-1, name="stem_bn")(x)
     x = layers.Activation(variant.activation, name="stem_activation")(x)
 
     # blocks
@@ -145,7 +145,7 @@ def build_efficientnet(
         head_filters(variant), 1, padding="same", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv",
     )(x)
-    x = layers.BatchNormalization(axis=-1, name="top_bn")(x)
+    x = BatchNormalization(axis=-1, name="top_bn")(x)
     x = layers.Activation(variant.activation, name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -1,0 +1,66 @@
+"""keras_effnet.layers: the fused-training BatchNormalization computes what Keras' does."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_effnet.layers import BatchNormalization
+
+
+def _pair(policy="float32"):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        ours, theirs = BatchNormalization(), keras.layers.BatchNormalization()
+        for layer in (ours, theirs):
+            layer.build((None, 6, 5, 8))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    rng = np.random.default_rng(0)
+    weights = [rng.uniform(0.5, 2, 8), rng.normal(size=8), rng.normal(size=8),
+               rng.uniform(0.5, 2, 8)]
+    for layer in (ours, theirs):
+        layer.set_weights([w.astype("float32") for w in weights])
+    return ours, theirs
+
+
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_training_step_equals_keras(policy, tolerance):
+    """Outputs, moving statistics and gradients of a training step agree with
+    keras.layers.BatchNormalization (a float32 reduction order apart)."""
+    ours, theirs = _pair(policy)
+    x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (4, 6, 5, 8)), "float32")
+    results = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(tf.cast(x, layer.compute_dtype), training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * tf.range(8, dtype="float32"))
+        grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy()))
+    (y1, g1, m1, v1), (y2, g2, m2, v2) = results
+    assert y1.dtype == y2.dtype
+    np.testing.assert_allclose(np.float32(y1), np.float32(y2), atol=tolerance)
+    np.testing.assert_allclose(m1, m2, atol=1e-6)
+    np.testing.assert_allclose(v1, v2, atol=1e-5)  # the biased batch variance, as Keras
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tolerance * 10, rtol=1e-3)
+    # inference is Keras' own path
+    np.testing.assert_array_equal(ours(x, training=False), theirs(x, training=False))
+
+
+def test_synchronized_and_frozen_take_keras_path(monkeypatch):
+    ours, _ = _pair()
+    called = []
+    monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3",
+                        lambda **kw: called.append(1) or (_ for _ in ()).throw(AssertionError))
+    x = tf.ones((2, 6, 5, 8))
+    ours.synchronized = True
+    ours(x, training=True)
+    ours.synchronized = False
+    ours.trainable = False
+    ours(x, training=True)
+    assert not called
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours)) \
+        .__class__ is BatchNormalization
