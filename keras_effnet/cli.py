@@ -68,7 +68,8 @@ flags.DEFINE_integer("steps_per_epoch", None, "`train`/`search`: steps per epoch
                      "pass over --data)")
 flags.DEFINE_integer("save_every_steps", 0, "`train`: also checkpoint every N steps (0: per "
                      "epoch only)")
-flags.DEFINE_boolean("jit_compile", None, "`train`: XLA (default: Keras' auto)")
+flags.DEFINE_boolean("jit_compile", None, "`train`/`search`: XLA (default: Keras' auto, off "
+                     "on CPU-only machines, where it is slower)")
 flags.DEFINE_integer("seed", 0, "`train`/`search`: seed of the data order and augmentation")
 flags.DEFINE_string("base", "b0", "`search`: the variant whose scaling is searched")
 flags.DEFINE_float("base_phi", 0.0, "`search`: shrink the baseline first by this compound "
@@ -294,6 +295,9 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileExistsError) as exc:  # bad input: one clear line, no traceback
         print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # weights that cannot be downloaded, a folder that cannot be written
+        print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

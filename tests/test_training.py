@@ -358,6 +358,14 @@ def test_train_bad_input_errors(folder, tmp_path):
     result = _cli("train", *TINY, "--data", str(folder), "--out", str(tmp_path / "o"),
                   "--strategy", "gpus")
     assert result.returncode == 1 and "--strategy" in result.stderr and "gpus" in result.stderr
+    # ImageNet weights that cannot be downloaded: one line naming the file, no traceback
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_effnet.cli", "train", "--model", "b0", "--weights",
+         "imagenet", "--image_size", "32", "--data", str(folder), "--batch", "4", "--out",
+         str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**ENV, "KERAS_EFFNET_WEIGHTS_URL": "http://127.0.0.1:9/"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: could not download efficientnetb0_notop.h5" in result.stderr
 
 
 def _read_state(directory):
