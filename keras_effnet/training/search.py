@@ -35,7 +35,7 @@ from absl import logging
 
 from keras_effnet.scaling import compound_coefficients, flops_multiplier, round_resolution
 from keras_effnet.specs import get_variant
-from keras_effnet.training.trainer import TrainConfig, train
+from keras_effnet.training.trainer import TrainConfig, _write_json, train
 
 __all__ = ["SearchConfig", "candidate_grid", "search"]
 
@@ -202,17 +202,11 @@ def _plot(rows: list[dict], winner: dict, path: str, title: str) -> bool:
     return True
 
 
-def _write(path: str, text: str) -> None:
-    from keras_effnet.export._atomic import atomic_output
-
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def search(config: SearchConfig) -> dict:
     """Train every candidate (or resume), then write and return the table and the winner."""
     import keras
 
+    from keras_effnet.export._atomic import atomic_output
     from keras_effnet.training.data import scan_folder
 
     if config.phi <= 0:
@@ -243,8 +237,9 @@ def search(config: SearchConfig) -> dict:
               "evaluated_on": evaluated_on, "candidates": rows, "winner": winner,
               "table": table}
     os.makedirs(config.out, exist_ok=True)
-    _write(f"{config.out}/search.md", table)
-    _write(f"{config.out}/search.json", json.dumps(result, indent=2))
+    with atomic_output(f"{config.out}/search.md", overwrite=True) as temporary:
+        temporary.write_text(table, encoding="utf-8")
+    _write_json(f"{config.out}/search.json", result)
     title = (f"alpha/beta/gamma search, {config.base} base_phi={config.base_phi:g}, "
              f"phi={config.phi:g}")
     if _plot(rows, winner, f"{config.out}/search.png", title):

@@ -119,10 +119,10 @@ def _atomic_save(model: keras.Model, path: str) -> None:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
+    from keras_effnet.export._atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
 def train(config: TrainConfig) -> tuple[keras.Model, dict]:
