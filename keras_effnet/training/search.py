@@ -233,7 +233,7 @@ def search(config: SearchConfig) -> dict:
         rows.append(_row(candidate, summary))
     winner = _winner(rows)
     table = _markdown(config, rows, winner, evaluated_on)
-    result = {"config": {k: v for k, v in dataclasses.asdict(config).items()},
+    result = {"config": dataclasses.asdict(config),
               "evaluated_on": evaluated_on, "candidates": rows, "winner": winner,
               "table": table}
     os.makedirs(config.out, exist_ok=True)
