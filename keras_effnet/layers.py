@@ -1,5 +1,5 @@
 """Custom layers: the stem's input normalization with fixed statistics, and a BatchNorm whose
-training step is one fused kernel on TensorFlow."""
+training step and inference are fused kernels on TensorFlow."""
 
 from __future__ import annotations
 
@@ -68,35 +68,51 @@ class Normalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_effnet")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` that trains through TensorFlow's fused kernel.
+    """`keras.layers.BatchNormalization` that runs through TensorFlow's fused kernels.
 
     Keras 3 computes a training step's batch statistics and normalisation as
     separate ops (moments, then scale and shift) and differentiates each;
     TensorFlow's `FusedBatchNormV3` does the forward pass in one kernel and
-    the backward pass in another. On B0 that made a training step 1.35x
-    faster on a 2-core CPU, in float32 and in mixed_bfloat16
+    the backward pass in another. On B0 that made a training step 1.33x
+    faster on a 2-core CPU in float32 and 1.24x in mixed_bfloat16
     (benchmarks/train_throughput.py). The arithmetic is Keras': inputs cast
     to float32 first, the biased batch variance in the moving average, the
-    same momentum and epsilon, the same weights. Inference, other backends,
-    synchronized (cross-replica) statistics, masks, renorm and anything but
-    4-D channels-last inputs take Keras' own path. Same class name as Keras',
-    so weight files and `get_layer` code see no difference.
+    same momentum and epsilon, the same weights. Inference (and a frozen
+    layer) uses the same kernel with the moving statistics, one op where
+    Keras has four: B1 batch-1 latency on one thread 0.93x keras.applications'
+    (benchmarks/latency.py); the TFLite converter produces the same ops
+    either way. Other backends, synchronized (cross-replica) statistics or
+    renorm in training, masks and anything but 4-D channels-last inputs take
+    Keras' own path. Same class name as Keras', so weight files and
+    `get_layer` code see no difference.
     """
 
-    def _fusable(self, inputs, training, mask) -> bool:
-        return (bool(training) and self.trainable and mask is None and not self.renorm
-                and not self.synchronized and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and keras.backend.backend() == "tensorflow")
+    def _fused_tf(self, inputs, mask) -> bool:
+        return (mask is None and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and keras.backend.backend() == "tensorflow")
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, training, mask):
+        if not self._fused_tf(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        if not (training and self.trainable):
+            return self._fused(inputs, training=False)
+        if self.renorm or self.synchronized:
+            return super().call(inputs, training=training, mask=mask)
+        return self._fused(inputs, training=True)
+
+    def _fused(self, inputs, training: bool):
         import tensorflow as tf
 
         x = tf.cast(inputs, "float32")  # as Keras: BN statistics overflow in 16 bits
         ones = tf.ones(x.shape[-1:], "float32")
         gamma = tf.cast(self.gamma, "float32") if self.scale else ones
         beta = tf.cast(self.beta, "float32") if self.center else tf.zeros_like(ones)
+        if not training:
+            y = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon,
+                data_format="NHWC", is_training=False)[0]
+            return tf.cast(y, self.compute_dtype)
         empty = tf.constant([], "float32")
         y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,

@@ -18,6 +18,8 @@ import keras_effnet as ke
 from keras_effnet import export as kx
 from keras_effnet.export.data import calibration_views
 from keras_effnet.export.preprocess import fold_preprocessing
+from keras_effnet.export.tflite import convert
+from keras_effnet.layers import BatchNormalization as FusedBatchNormalization
 
 
 def _small(size=64):
@@ -157,6 +159,29 @@ def test_every_tflite_mode_converts_and_verifies(small, calib, evaluation, tmp_p
     assert all(r.latency_ms > 0 and r.images == len(evaluation) for r in results.values())
     table = kx.format_table(list(results.values()))
     assert table.count("\n") == len(results) + 1 and "logit SQNR" in table
+
+
+def test_fused_batchnorm_converts_to_the_same_tflite_ops(small, calib):
+    """Our BatchNormalization runs inference through FusedBatchNormV3; a clone with
+    Keras' own layer (moments as separate ops) must give the converter the same graph:
+    the same op sequence in float32 and int8, and the same numbers."""
+
+    def keras_bn(layer):
+        if isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(small, clone_function=keras_bn)
+    plain.set_weights(small.get_weights())
+    assert not any(type(layer) is FusedBatchNormalization for layer in plain.layers)
+    for mode in ("float32", "int8"):
+        images = calib if mode == "int8" else None
+        ours = kx.read_model(convert(small, mode, images=images, progress=False))
+        theirs = kx.read_model(convert(plain, mode, images=images, progress=False))
+        assert [op.op for op in ours.ops] == [op.op for op in theirs.ops]
+    # one kernel vs four ops: float rounding, which a random-weight net spreads to ~2e-6
+    np.testing.assert_allclose(small.predict(calib[:4], verbose=0),
+                               plain.predict(calib[:4], verbose=0), atol=1e-5)
 
 
 def test_float_strategy_keeps_only_se_ops_in_float(small, calib, tmp_path):

@@ -1,4 +1,4 @@
-"""keras_effnet.layers: the fused-training BatchNormalization computes what Keras' does."""
+"""keras_effnet.layers: the fused BatchNormalization computes what Keras' does."""
 
 import keras
 import numpy as np
@@ -46,21 +46,43 @@ def test_fused_training_step_equals_keras(policy, tolerance):
     np.testing.assert_allclose(v1, v2, atol=1e-5)  # the biased batch variance, as Keras
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tolerance * 10, rtol=1e-3)
-    # inference is Keras' own path
-    np.testing.assert_array_equal(ours(x, training=False), theirs(x, training=False))
 
 
-def test_synchronized_and_frozen_take_keras_path(monkeypatch):
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_inference_equals_keras(policy, tolerance):
+    """Inference, and a frozen layer called with training=True, use the moving
+    statistics through the fused kernel: Keras' outputs and gradients, and the
+    moving statistics are left alone."""
+    ours, theirs = _pair(policy)
+    x = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, (3, 6, 5, 8)), "float32")
+    for frozen in (False, True):
+        ours.trainable = theirs.trainable = not frozen
+        results = []
+        for layer in (ours, theirs):
+            inputs = tf.cast(x, layer.compute_dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                y = layer(inputs, training=frozen)
+                loss = tf.reduce_sum(tf.cast(y, "float32") * tf.range(8, dtype="float32"))
+            results.append((y, tape.gradient(loss, inputs), layer.moving_mean.numpy()))
+        (y1, g1, m1), (y2, g2, m2) = results
+        assert y1.dtype == y2.dtype
+        np.testing.assert_allclose(np.float32(y1), np.float32(y2), atol=tolerance)
+        np.testing.assert_allclose(np.float32(g1), np.float32(g2), atol=tolerance, rtol=1e-3)
+        np.testing.assert_array_equal(m1, m2)
+
+
+def test_fused_kernel_is_used_and_synchronized_is_not(monkeypatch):
     ours, _ = _pair()
-    called = []
+    real, called = tf.raw_ops.FusedBatchNormV3, []
     monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3",
-                        lambda **kw: called.append(1) or (_ for _ in ()).throw(AssertionError))
+                        lambda **kw: called.append(kw["is_training"]) or real(**kw))
     x = tf.ones((2, 6, 5, 8))
+    ours(x, training=False)
+    ours(x, training=True)
+    assert called == [False, True]
     ours.synchronized = True
-    ours(x, training=True)
-    ours.synchronized = False
-    ours.trainable = False
-    ours(x, training=True)
-    assert not called
+    ours(x, training=True)  # cross-replica statistics: Keras' path
+    assert called == [False, True]
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours)) \
         .__class__ is BatchNormalization
