@@ -101,14 +101,16 @@ def litert_interpreter():
     return Interpreter
 
 
-def tflite_runner(content: bytes, image: np.ndarray, threads: int):
-    """A batch-1 invoke of a .tflite model in LiteRT on `threads` threads."""
+def tflite_runner(content: bytes, image: np.ndarray, threads: int, batch: bool = True):
+    """An invoke of a .tflite model in LiteRT on `threads` threads, on `image`
+    as a batch of one (or as it is, with batch=False)."""
     interpreter = litert_interpreter()(model_content=content, num_threads=threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    batch = image[None]
+    batch = image[None] if batch else image
     if detail["dtype"] != np.float32:
-        batch = np.clip(np.round(batch), 0, 255).astype(detail["dtype"])
+        limits = np.iinfo(detail["dtype"])
+        batch = np.clip(np.round(batch), limits.min, limits.max).astype(detail["dtype"])
     interpreter.set_tensor(detail["index"], batch.astype(detail["dtype"]))
 
     def run():

@@ -12,10 +12,11 @@ the median of the per-pair ratios:
   - B1 vs keras.applications.ResNet152 (the paper: 5.7x faster) and B0 vs
     ResNet50,
   - Lite0 vs B0 (what dropping SE and swish buys),
-and, per model, "% of peak": its MACs over the latency, as a share of the
-single-thread multiply-add rate of a matrix-multiply probe run in the same
-process. Keras runs are a compiled tf.function on the TensorFlow runtime;
-TFLite runs are LiteRT with XNNPACK. Weights do not change latency, so every
+and, per model, "% of peak": its multiply-adds per second as a share of a
+matrix-multiply probe's in the same runtime, run in the same process on the
+same threads (TensorFlow's matmul for Keras rows, one LiteRT FULLY_CONNECTED
+op in float32 or int8 for TFLite rows). Keras runs are a compiled
+tf.function on the TensorFlow runtime; TFLite runs are LiteRT with XNNPACK. Weights do not change latency, so every
 model is built with weights=None (nothing is downloaded). Writes
 benchmarks/results/latency.{json,md}.
 """
@@ -107,19 +108,66 @@ def _label(key: str) -> str:
 
 def _peak_macs_per_second(size: int = 1024, repeats: int = 10) -> float:
     """Single-precision multiply-adds per second of a square matmul on the
-    configured threads: the machine's practical peak for dense convolutions."""
+    configured threads in TensorFlow: the practical peak of the Keras runtime."""
     import tensorflow as tf
 
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
     matmul(a, b).numpy()
+    return size ** 3 / _best_seconds(lambda: matmul(a, b).numpy(), repeats)
+
+
+def _litert_peak_macs_per_second(mode: str, rows: int = 256, depth: int = 1024,
+                                 repeats: int = 10) -> float:
+    """Multiply-adds per second of one FULLY_CONNECTED op ([rows, depth] x
+    [depth, depth]) in LiteRT on the configured threads: float32 (XNNPACK) or
+    int8 (full-integer kernels), the practical peak of that TFLite runtime."""
+    import numpy as np
+    import tensorflow as tf
+
+    _bench.litert_interpreter()
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(size=(depth, depth)).astype("float32"))
+    matmul = tf.function(lambda x: tf.matmul(x, weights),
+                         input_signature=[tf.TensorSpec((rows, depth), tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [matmul.get_concrete_function()], matmul)
+    if mode == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [rng.normal(size=(rows, depth)).astype("float32")] for _ in range(4))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    image = rng.integers(-100, 100, (rows, depth)).astype("float32")
+    run = _bench.tflite_runner(converter.convert(), image, FLAGS.threads, batch=False)
+    run()
+    return rows * depth * depth / _best_seconds(run, repeats)
+
+
+def _best_seconds(run, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        run()
         best = min(best, time.perf_counter() - start)
-    return size ** 3 / best
+    return best
+
+
+def _peaks() -> dict:
+    """Each runtime's probe, measured in this run; a runtime whose probe
+    cannot run (LiteRT missing) has none."""
+    peaks = {"keras": _peak_macs_per_second()}
+    for mode in ("float32", "int8"):
+        if mode in FLAGS.runtimes:
+            try:
+                peaks[mode] = _litert_peak_macs_per_second(mode)
+            except _bench.PeerUnavailable as exc:
+                print(f"  no {mode} probe: {exc}")
+    for runtime, peak in peaks.items():
+        print(f"matmul probe, {runtime}: {peak / 1e9:.1f} G multiply-adds/s on "
+              f"{FLAGS.threads} thread(s)")
+    return peaks
 
 
 def _comparisons() -> list[tuple[str, str, str, list[str], str]]:
@@ -164,8 +212,7 @@ def main(argv):
     unknown = set(FLAGS.runtimes) - {"keras", "float32", "int8"}
     if unknown:
         raise app.UsageError(f"unknown --runtimes {sorted(unknown)}: expected keras, float32, int8")
-    peak = _peak_macs_per_second()
-    print(f"matmul probe: {peak / 1e9:.1f} G multiply-adds/s on {FLAGS.threads} thread(s)")
+    peaks = _peaks()
     photos = bundled_photos()[0]
     models = Models(FLAGS.calibration)
     pairs, per_model, skipped = [], {}, []
@@ -194,10 +241,12 @@ def main(argv):
     for (key, runtime), times in per_model.items():
         stats = _bench.summary(times)
         macs = ke.profile(models.model(key)).macs
+        rate = macs / (stats["median_ms"] / 1e3)
         model_rows.append({"model": _label(key), "runtime": runtime, **stats, "macs": macs,
-                           "percent_of_peak": 100 * macs / (stats["median_ms"] / 1e3) / peak})
+                           "macs_per_s": rate, "percent_of_peak":
+                           100 * rate / peaks[runtime] if runtime in peaks else None})
     data = {**_bench.machine(), "threads": FLAGS.threads, "runs": FLAGS.runs,
-            "peak_macs_per_s": peak, "pairs": pairs, "models": model_rows, "skipped": skipped,
+            "peak_macs_per_s": peaks, "pairs": pairs, "models": model_rows, "skipped": skipped,
             "checks": _checks(pairs)}
     _bench.publish("latency", data, _markdown(data), FLAGS.out, FLAGS.update_readme)
     return 0
@@ -224,9 +273,11 @@ def _markdown(data) -> list[str]:
           (f"Generated by `benchmarks/latency.py`: batch 1, {data['threads']} thread(s), median "
            f"of {data['runs']} interleaved runs after warm-up (paper Table 4 protocol), "
            f"{data['cpus']}-CPU {data['machine']} machine. Ratio: median of the per-pair "
-           "ratios A / B. Probe: a float32 TensorFlow matmul in the same run, "
-           f"{data['peak_macs_per_s'] / 1e9:.1f} G multiply-adds/s; XNNPACK's float kernels "
-           "and int8 kernels can beat it, so TFLite rows may exceed 100%."), "",
+           "ratios A / B. % of peak: the model's multiply-adds per second over a matrix-multiply "
+           "probe in the same runtime, same run and threads: "
+           + ", ".join(f"{names[runtime]} {peak / 1e9:.1f} G/s"
+                       for runtime, peak in data["peak_macs_per_s"].items())
+           + " (TensorFlow tf.matmul 1024^3; LiteRT one FULLY_CONNECTED 256x1024x1024)."), "",
           "| comparison | runtime | A | B | A ms (p10-p90) | B ms (p10-p90) | A / B |",
           "|---|---|---|---|---|---|---|"]
     for row in data["pairs"]:
@@ -235,11 +286,13 @@ def _markdown(data) -> list[str]:
                   f"{a['median_ms']:.1f} ({a['p10_ms']:.1f}-{a['p90_ms']:.1f}) | "
                   f"{b['median_ms']:.1f} ({b['p10_ms']:.1f}-{b['p90_ms']:.1f}) | "
                   f"{row['ratio']:.3f} |")
-    md += ["", "| model | runtime | median ms | MACs (B) | % of probe peak |",
-           "|---|---|---|---|---|"]
+    md += ["", "| model | runtime | median ms | MACs (B) | G MACs/s | % of peak |",
+           "|---|---|---|---|---|---|"]
     for row in sorted(data["models"], key=lambda r: (r["runtime"], r["model"])):
+        share = row["percent_of_peak"]
         md.append(f"| {row['model']} | {names[row['runtime']]} | {row['median_ms']:.1f} | "
-                  f"{row['macs'] / 1e9:.3f} | {row['percent_of_peak']:.1f}% |")
+                  f"{row['macs'] / 1e9:.3f} | {row['macs_per_s'] / 1e9:.1f} | "
+                  + ("-" if share is None else f"{share:.1f}%") + " |")
     if data["checks"]:
         md += ["", "| check | value | |", "|---|---|---|"]
         for check in data["checks"]:

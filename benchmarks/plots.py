@@ -96,25 +96,45 @@ def _published_top1(model: str, table: dict | None) -> float | None:
 
 
 def latency(data: dict, table: dict | None, folder: pathlib.Path, plt) -> list[pathlib.Path]:
+    """One point per (model, runtime); ours filled, keras.applications' ResNets
+    hollow, a model's runtimes joined by a line and the model named once, beside
+    its fastest point. keras.applications' EfficientNets are left out: same
+    architecture and published top-1 as ours, so they would sit on our points
+    (their latency ratios are in latency.md)."""
     figure, axis = plt.subplots(figsize=(7, 5))
+    by_model = {}
+    for row in data["models"]:
+        top1 = _published_top1(row["model"], table)
+        same_as_ours = row["model"].startswith("keras.applications.EfficientNet")
+        if top1 is not None and row["runtime"] in RUNTIME_STYLE and not same_as_ours:
+            by_model.setdefault(row["model"], []).append((row["median_ms"], top1, row["runtime"]))
     for runtime, (label, colour, marker) in RUNTIME_STYLE.items():
-        rows = [r for r in data["models"] if r["runtime"] == runtime]
-        points = [(r["median_ms"], _published_top1(r["model"], table), r["model"]) for r in rows]
-        points = sorted(p for p in points if p[1] is not None)
-        if not points:
-            continue
-        axis.scatter([p[0] for p in points], [p[1] for p in points], color=colour,
-                     marker=marker, label=label)
-        for x, y, model in points:
-            axis.annotate(_short(model), (x, y), textcoords="offset points", xytext=(4, 4),
-                          fontsize=7)
+        for peer in (False, True):
+            points = [(x, y) for model, rows in by_model.items()
+                      if model.startswith("keras.applications.") == peer
+                      for x, y, r in rows if r == runtime]
+            if points:
+                axis.scatter(*zip(*points), marker=marker, s=42, linewidths=1.2,
+                             color=colour, facecolors="none" if peer else colour,
+                             label=f"{label}, keras.applications" if peer else label)
+    for model, rows in sorted(by_model.items()):
+        rows.sort()
+        axis.plot([r[0] for r in rows], [r[1] for r in rows], color="grey", lw=0.6,
+                  alpha=0.5, zorder=0)
+        peer = model.startswith("keras.applications.")
+        x, y, _ = rows[0]
+        axis.annotate(_short(model).replace("k.a.", "") + (" (keras.applications)" if peer
+                                                            else ""),
+                      (x, y), textcoords="offset points", xytext=(-6, 6), ha="right",
+                      fontsize=8)
     axis.set_xscale("log")
     axis.set_xlabel(f"latency, ms (batch 1, {data['threads']} thread, median of {data['runs']}; "
                     "log scale)")
     axis.set_ylabel("ImageNet top-1 % (published)")
     axis.set_title("Latency vs top-1 (cf. paper Table 4)")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.margins(x=0.15, y=0.08)
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     path = folder / "latency_top1.png"
     _save(figure, path)

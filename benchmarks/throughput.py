@@ -1,15 +1,17 @@
 """Batched inference throughput on every core, and peak memory, B0-B7 against
 keras.applications.
 
-    python benchmarks/throughput.py [--variants b0,b1,...,b7] [--runs 3] [--peer]
+    python benchmarks/throughput.py [--variants b0,b1,...,b7] [--runs 5] [--peer]
 
-Each (model, variant) runs in its own process so that its peak resident memory
-is its own: the figure after building the model and the figure after
-inference, each also as the increase over the process after importing
-TensorFlow and Keras. Ours and the keras.applications peer of the same variant
-run back to back, at the variant's resolution and the same batch; the ratio is
-ours / peer images per second. Big variants use small batches and fewer runs
-(B7: 2 images x 2 runs). Writes benchmarks/results/throughput.{json,md}.
+Throughput: per variant, one process builds ours and the keras.applications
+peer and times batches of the two interleaved (_bench.paired: A, B, then B, A,
+...), at the variant's resolution and the same batch; the ratio is the median
+of the per-pair ratios, ours / peer images per second. Memory: each (model,
+variant) is built and run once more in a process of its own, so that its peak
+resident memory is its own: the figure after building and the figure after
+one inference batch, each also as the increase over the process after
+importing TensorFlow and Keras. Big variants use small batches and fewer runs
+(B7: 2 images x 3 pairs). Writes benchmarks/results/throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -26,9 +29,11 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", [f"b{i}" for i in range(8)], "B variants")
-flags.DEFINE_integer("runs", 3, "timed batches per model (B6-B7: 2)")
+flags.DEFINE_integer("runs", 5, "timed batches per model, interleaved with the peer's "
+                     "(B6-B7: 3)")
 flags.DEFINE_boolean("peer", True, "also run keras.applications' same variant")
-flags.DEFINE_string("child", None, "internal: measure one model in this process")
+flags.DEFINE_string("child", None, "internal: measure one model's memory in this process")
+flags.DEFINE_string("pair", None, "internal: time one variant's models in this process")
 flags.DEFINE_string("out", str(_bench.RESULTS), "output folder")
 flags.DEFINE_boolean("update_readme", True, "rewrite the generated table in README.md")
 
@@ -42,55 +47,94 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _measure(key: str, runs: int) -> dict:
-    """Runs in the child process: build, then time batched inference."""
-    import time
+def _build(key: str):
+    import keras_effnet as ke
 
+    owner, name = key.split(":")
+    if owner == "ours":
+        return ke.build(name, weights=None)
+    return _bench.keras_applications(ke.get_variant(name).constructor_name)
+
+
+def _batch_runner(model, name: str):
+    """A compiled batched call of `model` on random images at the variant's size."""
     import numpy as np
     import tensorflow as tf
 
     import keras_effnet as ke
 
+    size = ke.get_variant(name).resolution
+    images = tf.constant(np.random.default_rng(0).uniform(
+        0, 255, (BATCH.get(name, 8), size, size, 3)), tf.float32)
+    function = tf.function(lambda x: model(x, training=False))
+    function(images).numpy()  # trace
+    return lambda: function(images).numpy()
+
+
+def _memory(key: str) -> dict:
+    """Runs in a child process: build, one inference batch, peak RSS of each."""
     base = _rss_mb()
-    owner, name = key.split(":")
-    variant = ke.get_variant(name)
     start = time.perf_counter()
-    if owner == "ours":
-        model = ke.build(name, weights=None)
-    else:
-        model = _bench.keras_applications(variant.constructor_name)
+    model = _build(key)
     build_s = time.perf_counter() - start
     built = _rss_mb()
-    batch = BATCH.get(name, 8)
-    size = variant.resolution
-    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)),
-                         tf.float32)
-    function = tf.function(lambda x: model(x, training=False))
-    function(images).numpy()  # trace and warm up
-    start = time.perf_counter()
-    for _ in range(runs):
-        function(images).numpy()
-    seconds = time.perf_counter() - start
-    return {"key": key, "variant": variant.constructor_name, "resolution": size,
-            "batch": batch, "runs": runs, "images_per_s": batch * runs / seconds,
-            "build_s": build_s, "import_rss_mb": base, "build_rss_mb": built,
+    _batch_runner(model, key.split(":")[1])()
+    return {"key": key, "build_s": build_s, "import_rss_mb": base, "build_rss_mb": built,
             "inference_rss_mb": _rss_mb(), "params": model.count_params()}
 
 
-def _child(key: str, runs: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, f"--child={key}", f"--runs={runs}"],
+def _throughput(name: str, runs: int, peer: bool) -> dict:
+    """Runs in a child process: ours and the peer timed interleaved."""
+    import numpy as np
+
+    import keras_effnet as ke
+
+    variant = ke.get_variant(name)
+    batch = BATCH.get(name, 8)
+    ours = _batch_runner(_build(f"ours:{name}"), name)
+    out = {"variant": variant.constructor_name, "resolution": variant.resolution,
+           "batch": batch, "runs": runs}
+    try:
+        theirs = _batch_runner(_build(f"keras:{name}"), name) if peer else None
+    except _bench.PeerUnavailable as exc:
+        theirs, out["peer_skipped"] = None, str(exc)
+    if theirs is None:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            ours()
+            times.append(time.perf_counter() - start)
+        return {**out, "ours": _rate(times, batch)}
+    times_peer, times_ours, ratio = _bench.paired(theirs, ours, runs, warmup=1)
+    return {**out, "ours": _rate(times_ours, batch), "keras": _rate(times_peer, batch),
+            "ratio": ratio, "ratio_spread": [float(np.percentile(
+                np.asarray(times_peer) / np.asarray(times_ours), q)) for q in (10, 90)]}
+
+
+def _rate(times, batch: int) -> dict:
+    import numpy as np
+
+    return {"images_per_s": batch / float(np.median(times)), **_bench.summary(times)}
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args],
                          capture_output=True, text=True, timeout=1800,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise _bench.PeerUnavailable(f"{key} failed: {last}")
+        raise _bench.PeerUnavailable(f"{' '.join(args)} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv):
     del argv
     if FLAGS.child:
-        print(json.dumps(_measure(FLAGS.child, FLAGS.runs)))
+        print(json.dumps(_memory(FLAGS.child)))
+        return 0
+    if FLAGS.pair:
+        runs = 3 if FLAGS.pair in ("b6", "b7") else FLAGS.runs
+        print(json.dumps(_throughput(FLAGS.pair, runs, FLAGS.peer)))
         return 0
     import keras_effnet as ke
 
@@ -99,26 +143,34 @@ def main(argv):
         variant = ke.get_variant(name)
         if variant.name not in BATCH:
             raise app.UsageError(f"--variants takes b0-b7, got {name!r}")
-        runs = 2 if variant.name in ("b6", "b7") else FLAGS.runs
-        row = {"variant": variant.constructor_name}
-        for owner in ("ours", "keras") if FLAGS.peer else ("ours",):
-            try:
-                row[owner] = _child(f"{owner}:{variant.name}", runs)
-            except _bench.PeerUnavailable as exc:
-                print(f"  skipped: {exc}")
-                skipped.append({"variant": variant.constructor_name, "model": owner,
-                                "reason": str(exc)})
-        if "ours" not in row:
+        try:
+            row = _child(f"--pair={variant.name}", f"--runs={FLAGS.runs}",
+                         "--peer" if FLAGS.peer else "--nopeer")
+        except _bench.PeerUnavailable as exc:
+            print(f"  skipped: {exc}")
+            skipped.append({"variant": variant.constructor_name, "model": "ours",
+                            "reason": str(exc)})
             continue
-        if "keras" in row:
-            row["ratio"] = row["ours"]["images_per_s"] / row["keras"]["images_per_s"]
+        if "peer_skipped" in row:
+            skipped.append({"variant": variant.constructor_name, "model": "keras",
+                            "reason": row["peer_skipped"]})
+        row["memory"] = {}
+        for owner in ("ours", "keras") if "keras" in row else ("ours",):
+            try:
+                row["memory"][owner] = _child(f"--child={owner}:{variant.name}")
+            except _bench.PeerUnavailable as exc:
+                print(f"  no memory figures: {exc}")
+                skipped.append({"variant": variant.constructor_name,
+                                "model": f"{owner} memory", "reason": str(exc)})
         rows.append(row)
-        ours = row["ours"]
-        print(f"{variant.constructor_name}: {ours['images_per_s']:.1f} images/s "
-              f"(batch {ours['batch']}, {ours['resolution']} px), peak RSS "
-              f"{ours['inference_rss_mb']:.0f} MB"
-              + (f"; keras.applications {row['keras']['images_per_s']:.1f} images/s, ratio "
-                 f"{row['ratio']:.3f}" if "ratio" in row else ""))
+        line = (f"{variant.constructor_name}: {row['ours']['images_per_s']:.1f} images/s "
+                f"(batch {row['batch']}, {row['resolution']} px)")
+        if "keras" in row:
+            line += (f"; keras.applications {row['keras']['images_per_s']:.1f} images/s, "
+                     f"ratio {row['ratio']:.3f}")
+        if "ours" in row["memory"]:
+            line += f"; peak RSS {row['memory']['ours']['inference_rss_mb']:.0f} MB"
+        print(line, flush=True)
     data = {**_bench.machine(), "rows": rows, "skipped": skipped}
     _bench.publish("throughput", data, _markdown(data), FLAGS.out, FLAGS.update_readme)
     return 0
@@ -127,24 +179,33 @@ def main(argv):
 def _markdown(data) -> list[str]:
     md = ["# Throughput and memory", "",
           (f"Generated by `benchmarks/throughput.py`: batched inference on all "
-           f"{data['cpus']} CPUs (compiled tf.function, TensorFlow runtime), each model in its "
-           "own process. Peak RSS: the process' maximum resident memory after building and "
-           "after inference; + is the increase over importing TensorFlow and Keras."), "",
-          ("| model | px | batch | ours images/s | keras.applications images/s | ours / peer "
-           "| build peak MB (+) | inference peak MB (+) | peer inference peak MB |"),
-          "|---|---|---|---|---|---|---|---|---|"]
+           f"{data['cpus']} CPUs (compiled tf.function, TensorFlow runtime). Throughput: ours "
+           "and keras.applications in one process, batches interleaved; ours / peer is the "
+           "median of the per-pair ratios (10-90% spread). Peak RSS: each model in a process "
+           "of its own, the maximum resident memory after building and after one inference "
+           "batch; + is the increase over importing TensorFlow and Keras."), "",
+          ("| model | px | batch | pairs | ours images/s | keras.applications images/s "
+           "| ours / peer (p10-p90) | build peak MB (+) | inference peak MB (+) "
+           "| peer inference peak MB |"),
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         ours, peer = row["ours"], row.get("keras")
-        md.append(
-            f"| {row['variant']} | {ours['resolution']} | {ours['batch']} | "
-            f"{ours['images_per_s']:.1f} | {peer['images_per_s']:.1f} | {row['ratio']:.3f} | "
-            if peer else
-            f"| {row['variant']} | {ours['resolution']} | {ours['batch']} | "
-            f"{ours['images_per_s']:.1f} | - | - | ")
-        md[-1] += (f"{ours['build_rss_mb']:.0f} (+{ours['build_rss_mb'] - ours['import_rss_mb']:.0f})"
-                   f" | {ours['inference_rss_mb']:.0f} "
-                   f"(+{ours['inference_rss_mb'] - ours['import_rss_mb']:.0f}) | "
-                   + (f"{peer['inference_rss_mb']:.0f} |" if peer else "- |"))
+        cells = [row["variant"], str(row["resolution"]), str(row["batch"]), str(row["runs"]),
+                 f"{ours['images_per_s']:.1f}"]
+        if peer:
+            low, high = row["ratio_spread"]
+            cells += [f"{peer['images_per_s']:.1f}",
+                      f"{row['ratio']:.3f} ({low:.3f}-{high:.3f})"]
+        else:
+            cells += ["-", "-"]
+        memory = row["memory"].get("ours")
+        for stage in ("build", "inference"):
+            cells.append(f"{memory[stage + '_rss_mb']:.0f} (+"
+                         f"{memory[stage + '_rss_mb'] - memory['import_rss_mb']:.0f})"
+                         if memory else "-")
+        peer_memory = row["memory"].get("keras")
+        cells.append(f"{peer_memory['inference_rss_mb']:.0f}" if peer_memory else "-")
+        md.append("| " + " | ".join(cells) + " |")
     if data["skipped"]:
         md += ["", "Skipped: " + "; ".join(f"{s['variant']} {s['model']} ({s['reason']})"
                                            for s in data["skipped"])]

@@ -82,4 +82,8 @@ def test_throughput_one_variant(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads((tmp_path / "throughput.json").read_text())["rows"][0]
     assert row["ours"]["images_per_s"] > 0 and row["keras"]["images_per_s"] > 0
-    assert row["ours"]["inference_rss_mb"] >= row["ours"]["build_rss_mb"] > 0
+    assert row["ours"]["runs"] == row["keras"]["runs"] == 1  # one interleaved pair
+    assert row["ratio"] == pytest.approx(row["ours"]["images_per_s"] / row["keras"]["images_per_s"])
+    for owner in ("ours", "keras"):
+        memory = row["memory"][owner]
+        assert memory["inference_rss_mb"] >= memory["build_rss_mb"] > memory["import_rss_mb"] > 0
