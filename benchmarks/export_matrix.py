@@ -1,6 +1,6 @@
 """Every export format x SE strategy, each verified against the Keras model.
 
-    python benchmarks/export_matrix.py --model lite0,b0 [--images DIR] [--out DIR]
+    python benchmarks/export_matrix.py --model lite0,b0,edgetpu-s [--images DIR] [--out DIR]
 
 For each model and SE strategy the artifacts are exported and verified
 (top-1 agreement with Keras, accuracy when the images are labelled, logit
@@ -10,7 +10,8 @@ without SE, se=float on a float artifact) are listed as skipped, with why.
 
 B0's ImageNet weights cannot be downloaded here: when the official file is in
 the Keras cache it is used; otherwise proxies (--b0_proxy), and the output says
-which was used:
+which was used (models other than B without weights, e.g. EdgeTPU-S, get the
+re-estimated proxy: their Edge TPU op report does not depend on weights):
   reestimated  random weights whose BatchNorm statistics are re-estimated on
                real photos (realistic activation ranges, random classifier:
                compare agreement and SQNR, not accuracy). Such a deep random
@@ -24,7 +25,6 @@ Writes export_matrix.json and export_matrix.md.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
@@ -33,12 +33,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _bench
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FLAGS = flags.FLAGS
-flags.DEFINE_list("model", ["lite0", "b0"], "variants to export")
+flags.DEFINE_list("model", ["lite0", "b0", "edgetpu-s"], "variants to export")
 flags.DEFINE_string("images", str(SHARED / "imagenet-sample"),
                     "labelled evaluation photos (default ../shared/data/imagenet-sample; "
                     "scikit-image's photos when absent)")
@@ -51,6 +52,8 @@ flags.DEFINE_integer("runs", 20, "timed batch-1 runs per artifact")
 flags.DEFINE_integer("bn_images", 64, "photos for re-estimating B0's BatchNorm statistics")
 flags.DEFINE_list("b0_proxy", ["distilled", "reestimated"],
                   "stand-ins for B models without official weights: distilled, reestimated")
+flags.DEFINE_multi_integer("seeds", [0], "random-weight seeds of the re-estimated proxy "
+                           "(one table each)")
 flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
 
 ALL_SE = ["keep", "float", "hard", "pool", "remove", "hard+pool"]
@@ -77,12 +80,13 @@ def load_models(name: str, photos) -> list[tuple[str, object, str]]:
     try:
         return [(name, ke.build(name, weights="imagenet"), "ImageNet weights")]
     except (OSError, ValueError) as exc:
-        if not name.startswith("b"):
-            raise
         reason = str(exc).splitlines()[0]
-    print(f"{name}: official ImageNet weights unavailable ({reason}); using {FLAGS.b0_proxy}")
+    # B models: the proxies asked for; others (EdgeTPU, Lite3-4, whose checkpoints are not
+    # here): the re-estimated one, for the Edge TPU op report (mapping needs no weights)
+    proxies = FLAGS.b0_proxy if name.startswith("b") else ["reestimated"]
+    print(f"{name}: official ImageNet weights unavailable ({reason}); using {proxies}")
     models = []
-    for proxy in FLAGS.b0_proxy:
+    for proxy in proxies:
         if proxy == "distilled":
             if name != "b0":
                 raise ValueError("the distilled proxy exists for b0 only (Lite0 is its teacher)")
@@ -96,13 +100,16 @@ def load_models(name: str, photos) -> list[tuple[str, object, str]]:
         elif proxy == "reestimated":
             import keras
 
-            keras.utils.set_random_seed(0)  # the same random network every run
-            # no stochastic depth or dropout while the statistics are measured
-            model = ke.build(name, weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
-            count = min(len(photos), FLAGS.bn_images)
-            reestimate_batchnorm(model, photos[:count], batch_size=count)
-            models.append((f"{name}-reestimated", model,
-                           f"proxy: random weights, BatchNorm re-estimated on {count} real photos"))
+            for seed in FLAGS.seeds:
+                keras.utils.set_random_seed(seed)  # the same random network every run
+                # no stochastic depth or dropout while the statistics are measured
+                model = ke.build(name, weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
+                count = min(len(photos), FLAGS.bn_images)
+                reestimate_batchnorm(model, photos[:count], batch_size=count)
+                description = (f"proxy: random weights (seed {seed}), BatchNorm re-estimated "
+                               f"on {count} real photos")
+                models.append((f"{name}-reestimated" + (f"-seed{seed}" if seed else ""), model,
+                               description))
         else:
             raise ValueError(f"unknown --b0_proxy {proxy!r}: expected distilled or reestimated")
     return models
@@ -137,7 +144,10 @@ def _matrix(label, variant, model, weights, images, labels, source):
     has_se = bool(find_se_blocks(model))
     extra = [FLAGS.calibration] if pathlib.Path(FLAGS.calibration).is_dir() else []
     calibration = calibration_set(size, extra)
-    formats = FLAGS.formats or (SE_FORMATS if has_se else list(FORMATS))
+    # models with SE, and proxies (whose accuracy means nothing): the formats where
+    # quantization and the Edge TPU matter
+    formats = FLAGS.formats or (SE_FORMATS if has_se or label != variant.name
+                                else list(FORMATS))
     strategies = FLAGS.se or (ALL_SE if has_se else ["keep", "hard"])
     rows, skipped = [], []
     for se in strategies:
@@ -184,7 +194,6 @@ def _matrix(label, variant, model, weights, images, labels, source):
 
 def main(argv):
     del argv
-    import numpy as np
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
@@ -215,11 +224,8 @@ def main(argv):
             results["models"][label], section = _matrix(label, variant, model, weights, images,
                                                         labels, source)
             md += section
-    (out / "export_matrix.json").write_text(json.dumps(results, indent=2,
-                                                       default=lambda v: np.asarray(v).tolist()))
-    (out / "export_matrix.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    print(f"wrote {out / 'export_matrix.json'} and {out / 'export_matrix.md'}")
+    _bench.write_results("export_matrix", results, md, out)
     return 0
 
 
