@@ -14,7 +14,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from keras_effnet.layers import BatchNormalization
+from keras_effnet.layers import BatchNormalization, DepthwiseConv2D
 from keras_effnet.scaling import BlockPlan
 from keras_effnet.specs import FUSED, MBCONV
 
@@ -108,7 +108,7 @@ def mbconv_block(plan: BlockPlan, activation: str) -> Callable:
                 same_padding(tuple(x.shape[1:3]), plan.kernel_size), name=name + "dwconv_pad"
             )(x)
             padding = "valid"
-        x = layers.DepthwiseConv2D(
+        x = DepthwiseConv2D(
             plan.kernel_size, strides=plan.strides, padding=padding, use_bias=False,
             depthwise_initializer=CONV_KERNEL_INITIALIZER, name=name + "dwconv",
         )(x)

@@ -197,19 +197,39 @@ def test_tiny_variant_trains_one_step():
 
 
 def test_builds_and_runs_under_jax_backend(tmp_path):
+    """The same weights give the same predictions on JAX (where the depthwise
+    convolutions take the XLA-on-CPU path: shifted sums) as on TensorFlow."""
     pytest.importorskip("jax")
+    keras.utils.set_random_seed(0)
+    model = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3), include_top=False,
+                              pooling="avg")
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # statistics of a trained net, so features are not ~0
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    model.save_weights(tmp_path / "b0.weights.h5")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    expected = model.predict(images, verbose=0)
     script = (
-        "import json, numpy as np, keras, keras_effnet as ke\n"
-        "m = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3))\n"
-        "y = m.predict(np.full((2, 64, 64, 3), 128, 'float32'), verbose=0)\n"
+        "import json, sys, numpy as np, keras, keras_effnet as ke\n"
+        "m = ke.EfficientNetB0(weights=sys.argv[1], input_shape=(64, 64, 3),"
+        " include_top=False, pooling='avg')\n"
+        "y = m.predict(np.load(sys.argv[2]), verbose=0)\n"
+        "np.save(sys.argv[3], y)\n"
+        "from keras_effnet.layers import xla_on_cpu\n"
         "print(json.dumps({'backend': keras.backend.backend(), 'params': m.count_params(),"
-        " 'shape': list(y.shape), 'sum': float(y.sum())}))\n"
+        " 'shape': list(y.shape), 'sum': float(y.sum()), 'xla_on_cpu': xla_on_cpu()}))\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b0.weights.h5"),
+                          str(tmp_path / "images.npy"), str(tmp_path / "jax.npy")],
+                         env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "jax"
-    assert result["params"] == KERAS_PARAMS["b0"]
-    assert result["shape"] == [2, 1000] and abs(result["sum"] - 2.0) < 1e-4
+    assert result["backend"] == "jax" and result["xla_on_cpu"]
+    assert result["params"] == model.count_params()
+    assert result["shape"] == [2, 1280] and np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected,
+                               atol=1e-4 * np.abs(expected).max(), rtol=1e-4)

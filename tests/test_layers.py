@@ -86,3 +86,39 @@ def test_fused_kernel_is_used_and_synchronized_is_not(monkeypatch):
     assert called == [False, True]
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours)) \
         .__class__ is BatchNormalization
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [(3, 1, "same"), (5, 2, "valid"),
+                                                    (5, 2, "same"), (3, 2, "same")])
+def test_depthwise_under_xla_equals_keras(kernel, strides, padding):
+    """Under XLA on a CPU the layer sums shifted copies; outputs and gradients (input
+    and kernel) equal keras.layers.DepthwiseConv2D's, and outside XLA it is Keras' op."""
+    from keras_effnet.layers import DepthwiseConv2D, xla_on_cpu
+
+    ours = DepthwiseConv2D(kernel, strides=strides, padding=padding, use_bias=True)
+    theirs = keras.layers.DepthwiseConv2D(kernel, strides=strides, padding=padding,
+                                          use_bias=True)
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 11, 10, 6)), "float32")
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+    theirs.set_weights([np.random.default_rng(4).normal(size=w.shape).astype("float32")
+                        for w in ours.get_weights()])
+    ours.set_weights(theirs.get_weights())
+    seen = []
+
+    def step(layer, inputs):
+        seen.append(xla_on_cpu())
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = layer(inputs)
+            loss = tf.reduce_sum(y * tf.cos(tf.range(y.shape[-1], dtype="float32")))
+        return [y, *tape.gradient(loss, [inputs, layer.kernel.value])]
+
+    xla = tf.function(step, jit_compile=True)
+    plain = tf.function(step)
+    expected = plain(theirs, x)
+    for got in (xla(ours, x), plain(ours, x)):
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert seen == [False, True, False]  # traced: plain (theirs), XLA (ours), plain (ours)
+    assert not xla_on_cpu()  # eager
