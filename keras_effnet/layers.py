@@ -74,14 +74,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Keras 3 computes a training step's batch statistics and normalisation as
     separate ops (moments, then scale and shift) and differentiates each;
     TensorFlow's `FusedBatchNormV3` does the forward pass in one kernel and
-    the backward pass in another. On B0 that made a training step 1.33x
-    faster on a 2-core CPU in float32 and 1.24x in mixed_bfloat16
+    the backward pass in another. On B0 that made a training step 1.36x
+    faster on a 2-core CPU in float32 and 1.25x in mixed_bfloat16
     (benchmarks/train_throughput.py). The arithmetic is Keras': inputs cast
     to float32 first, the biased batch variance in the moving average, the
     same momentum and epsilon, the same weights. Inference (and a frozen
     layer) uses the same kernel with the moving statistics, one op where
-    Keras has four: B1 batch-1 latency on one thread 0.93x keras.applications'
-    (benchmarks/latency.py); the TFLite converter produces the same ops
+    Keras has four: B0/B1 batch-1 latency on one thread 0.94x/0.95x
+    keras.applications' (benchmarks/latency.py), batched throughput
+    1.08-1.20x (benchmarks/throughput.py); the TFLite converter produces the same ops
     either way. Other backends, synchronized (cross-replica) statistics or
     renorm in training, masks and anything but 4-D channels-last inputs take
     Keras' own path. Same class name as Keras', so weight files and
@@ -161,11 +162,12 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     (`xla_on_cpu()`: the JAX backend, or TensorFlow with `jit_compile=True`),
     this layer writes the same convolution as the sum of its k*k shifted,
     per-channel-scaled copies of the input, elementwise work that XLA fuses
-    into loops, forward and backward: B0 training steps 1.7x (float32) and
-    2.4x (mixed_bfloat16) keras.applications' under TensorFlow + XLA on 2
-    cores (benchmarks/train_throughput.py; JAX: train_throughput_jax). Everywhere else (TensorFlow without
-    XLA, GPUs, TPUs, PyTorch, dilated or multiplier > 1 kernels) it is
-    Keras' layer. Same class name and weights as Keras'.
+    into loops, forward and backward. On 2 cores, B0 training steps ran 1.7x
+    (float32) and 2.4x (mixed_bfloat16) keras.applications' speed under
+    TensorFlow + XLA, 1.6x and 1.4x on JAX (benchmarks/train_throughput.py),
+    and JAX inference 5-7x (benchmarks/throughput.py). Everywhere else
+    (TensorFlow without XLA, GPUs, TPUs, PyTorch, dilated or multiplier > 1
+    kernels) it is Keras' layer. Same class name and weights as Keras'.
     """
 
     def call(self, inputs):
