@@ -91,6 +91,19 @@ def keras_applications(name: str, input_shape: tuple | None = None):
     return model
 
 
+def build_model(key: str):
+    """`ours:<variant>` (keras_effnet, weights=None) or `keras:<keras.applications
+    name>` (through keras_applications)."""
+    import keras_effnet as ke
+
+    owner, name = key.split(":")
+    if owner == "ours":
+        return ke.build(name, weights=None)
+    if owner == "keras":
+        return keras_applications(name)
+    raise ValueError(f"unknown model key {key!r}: expected ours:<variant> or keras:<name>")
+
+
 def litert_interpreter():
     """LiteRT's Interpreter class, or PeerUnavailable saying how to get it."""
     try:

@@ -101,11 +101,11 @@ def load_models(name: str, photos) -> list[tuple[str, object, str]]:
         elif proxy == "reestimated":
             import keras
 
+            count = min(len(photos), FLAGS.bn_images)
             for seed in FLAGS.seeds:
                 keras.utils.set_random_seed(seed)  # the same random network every run
                 # no stochastic depth or dropout while the statistics are measured
                 model = ke.build(name, weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
-                count = min(len(photos), FLAGS.bn_images)
                 reestimate_batchnorm(model, photos[:count], batch_size=count)
                 description = (f"proxy: random weights (seed {seed}), BatchNorm re-estimated "
                                f"on {count} real photos")

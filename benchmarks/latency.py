@@ -16,8 +16,9 @@ and, per model, "% of peak": its multiply-adds per second as a share of a
 matrix-multiply probe's in the same runtime, run in the same process on the
 same threads (TensorFlow's matmul for Keras rows, one LiteRT FULLY_CONNECTED
 op in float32 or int8 for TFLite rows). Keras runs are a compiled
-tf.function on the TensorFlow runtime; TFLite runs are LiteRT with XNNPACK. Weights do not change latency, so every
-model is built with weights=None (nothing is downloaded). Writes
+tf.function on the TensorFlow runtime; TFLite runs are LiteRT with XNNPACK.
+Weights do not change latency, so every model is built with weights=None
+(nothing is downloaded). Writes
 benchmarks/results/latency.{json,md}.
 """
 
@@ -57,7 +58,7 @@ class Models:
 
     def model(self, key: str):
         if key not in self._models:
-            self._models[key] = _build(key)
+            self._models[key] = _bench.build_model(key)
         return self._models[key]
 
     def runner(self, key: str, runtime: str, image):
@@ -84,17 +85,6 @@ class Models:
         from keras_effnet.export import bundled_photos, calibration_views
 
         return calibration_views(bundled_photos()[0], size, self.calibration_count)
-
-
-def _build(key: str):
-    import keras_effnet as ke
-
-    owner, name = key.split(":")
-    if owner == "ours":
-        return ke.build(name, weights=None)
-    if owner == "keras":
-        return _bench.keras_applications(name)
-    raise ValueError(f"unknown model key {key!r}")
 
 
 def _label(key: str) -> str:

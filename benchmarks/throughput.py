@@ -51,15 +51,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _build(key: str):
-    import keras_effnet as ke
-
-    owner, name = key.split(":")
-    if owner == "ours":
-        return ke.build(name, weights=None)
-    return _bench.keras_applications(ke.get_variant(name).constructor_name)
-
-
 def _batch_runner(model, name: str):
     """A compiled batched call of `model` on random images at the variant's size:
     a tf.function on TensorFlow, jax.jit of the stateless call on JAX."""
@@ -92,15 +83,24 @@ def _batch_runner(model, name: str):
 
 
 def _memory(key: str) -> dict:
-    """Runs in a child process: build, one inference batch, peak RSS of each."""
+    """Runs in a child process (key `ours:b3` or `keras:b3`): build, one inference
+    batch, peak RSS of each."""
+    import keras_effnet as ke
+
+    owner, variant = key.split(":")
     base = _rss_mb()
     start = time.perf_counter()
-    model = _build(key)
+    model = _bench.build_model(_model_key(owner, ke.get_variant(variant)))
     build_s = time.perf_counter() - start
     built = _rss_mb()
-    _batch_runner(model, key.split(":")[1])()
+    _batch_runner(model, variant)()
     return {"key": key, "build_s": build_s, "import_rss_mb": base, "build_rss_mb": built,
             "inference_rss_mb": _rss_mb(), "params": model.count_params()}
+
+
+def _model_key(owner: str, variant) -> str:
+    """_bench.build_model's key: ours by short name, the peer by its class name."""
+    return f"ours:{variant.name}" if owner == "ours" else f"keras:{variant.constructor_name}"
 
 
 def _throughput(name: str, runs: int, peer: bool) -> dict:
@@ -111,11 +111,12 @@ def _throughput(name: str, runs: int, peer: bool) -> dict:
 
     variant = ke.get_variant(name)
     batch = BATCH.get(name, 8)
-    ours = _batch_runner(_build(f"ours:{name}"), name)
+    ours = _batch_runner(_bench.build_model(_model_key("ours", variant)), name)
     out = {"variant": variant.constructor_name, "resolution": variant.resolution,
            "batch": batch, "runs": runs}
     try:
-        theirs = _batch_runner(_build(f"keras:{name}"), name) if peer else None
+        theirs = _batch_runner(_bench.build_model(_model_key("keras", variant)),
+                               name) if peer else None
     except _bench.PeerUnavailable as exc:
         theirs, out["peer_skipped"] = None, str(exc)
     if theirs is None:
