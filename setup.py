@@ -31,8 +31,10 @@ setup(
         "weights": LITE_WEIGHTS,
         # nbclient + ipykernel run examples/*.ipynb in the tests
         "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient",
-                 "nbformat", "ipykernel", "matplotlib"] + LITE_WEIGHTS,
+                 "nbformat", "ipykernel", "matplotlib", "mediapipe>=1.2"] + LITE_WEIGHTS,
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
+        # MediaPipe Tasks: writes and reads TFLite metadata, runs ImageClassifier as Android does
+        "android": ["mediapipe>=1.2"],
         "plots": ["matplotlib"],
     },
     entry_points={"console_scripts": ["keras-effnet=keras_effnet.cli:run"]},

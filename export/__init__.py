@@ -4,11 +4,13 @@ artifact checked against the Keras model before it ships.
     export_saved_model(model, path)                   TF Serving
     to_tflite(model, path, mode, data, se=...)        phones: float32/float16/dynamic/int8/uint8
     to_edgetpu(model, path, data, se=...)             Coral: uint8 file + op report
-    verify(artifact, model, images, labels)           agreement, accuracy, SQNR, size, latency
+    verify(artifact, model, images, labels)           agreement, accuracy, SQNR, size, latency,
+                                                      and MediaPipe / LiteRT CompiledModel runs
+    read_metadata(path), android_problems(path)       the TFLite metadata phones read
     quantize_aware(model)                             QAT through tensorflow-model-optimization
 
 A pipeline of plain functions: model -> (SE transform) -> SavedModel ->
-TFLite -> Edge TPU. Artifacts are written to a temporary path and renamed.
+TFLite (+ metadata) -> Edge TPU. Artifacts are written to a temporary path and renamed.
 """
 
 from keras_effnet.export.data import (
@@ -27,30 +29,58 @@ from keras_effnet.export.edgetpu import (
     to_edgetpu,
 )
 from keras_effnet.export.flatbuffer import read_model
+from keras_effnet.export.metadata import (
+    MetadataInfo,
+    add_metadata,
+    android_problems,
+    class_names_for,
+    read_labels,
+    read_metadata,
+)
+from keras_effnet.export.pipeline import TARGETS, export_all
+from keras_effnet.export.runtimes import RuntimeCheck, check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import export_saved_model
 from keras_effnet.export.se import SE_STRATEGIES, apply_se_strategy, find_se_blocks
 from keras_effnet.export.tflite import MODES, to_tflite
-from keras_effnet.export.verify import VerifyResult, format_table, keras_outputs, verify
+from keras_effnet.export.verify import (
+    VerifyResult,
+    format_runtime_table,
+    format_table,
+    keras_outputs,
+    verify,
+)
 
 __all__ = [
     "EDGETPU_OPS",
     "MODES",
     "SE_STRATEGIES",
+    "TARGETS",
     "EdgeTPUMappingError",
     "EdgeTPUReport",
+    "MetadataInfo",
+    "RuntimeCheck",
     "VerifyResult",
+    "add_metadata",
     "analyze_edgetpu",
+    "android_problems",
     "apply_se_strategy",
     "bundled_photos",
     "calibration_views",
+    "check_compiled_model",
+    "check_mediapipe",
+    "class_names_for",
+    "export_all",
     "export_saved_model",
     "find_se_blocks",
+    "format_runtime_table",
     "format_table",
     "keras_outputs",
     "labels_from_names",
     "load_folder",
     "parse_compiler_log",
     "quantize_aware",
+    "read_labels",
+    "read_metadata",
     "read_model",
     "representative_images",
     "to_edgetpu",

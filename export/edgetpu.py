@@ -29,6 +29,7 @@ import numpy as np
 from keras_effnet.export._atomic import atomic_output, check_destination
 from keras_effnet.export.data import representative_images
 from keras_effnet.export.flatbuffer import OpInfo, read_model
+from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.tflite import convert, input_size, parse_se
 
 __all__ = [
@@ -321,13 +322,14 @@ def _run_compiler(compiler: str, path: Path, overwrite: bool) -> tuple[dict, Pat
 def to_edgetpu(model, path: str | os.PathLike, representative_data, se="keep", *,
                batch_size: int | None = 1, image_size: int | None = None, strict: bool = False,
                overwrite: bool = False, compiler: str | None = "edgetpu_compiler",
-               progress: bool = True) -> EdgeTPUReport:
+               progress: bool = True, labels=None, metadata: bool = True) -> EdgeTPUReport:
     """Full-integer uint8 `.tflite` at `path` for the Edge TPU, and its op report.
 
     The file has a static (1, H, W, 3) uint8 input (raw pixels) and uint8
     probabilities. With `strict=True` a model that would not map entirely raises
     `EdgeTPUMappingError` and nothing is written. When `compiler` is found on
-    PATH it is run, writing `<name>_edgetpu.tflite` beside `path`.
+    PATH it is run, writing `<name>_edgetpu.tflite` beside `path`. `labels` and
+    `metadata` as for `to_tflite`: the file names its classes.
     """
     if batch_size != 1:
         raise ValueError(f"the Edge TPU needs a static batch of 1, got batch_size={batch_size!r}: "
@@ -335,9 +337,12 @@ def to_edgetpu(model, path: str | os.PathLike, representative_data, se="keep", *
     parse_se(se)
     path = check_destination(path, overwrite)
     height, width = input_size(model, image_size)
+    names = class_names_for(model, labels) if metadata else None
     images = representative_images(representative_data, (height, width, 3))
     content = convert(model, "uint8", se=se, batch_size=1, image_size=image_size,
                       progress=progress, images=images)
+    if metadata:
+        content = model_metadata(content, model, names)
     report = analyze_edgetpu(content)
     report.path = str(path)
     if strict and not report.all_mapped:

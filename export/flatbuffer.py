@@ -24,6 +24,7 @@ class TensorInfo:
     constant: bool
     data: np.ndarray | None = None
     index: int = -1
+    quantization: tuple | None = None  # (scale, zero point) of a per-tensor quantized tensor
 
 
 @dataclasses.dataclass
@@ -76,8 +77,12 @@ def read_model(source) -> TFLiteGraph:
         signature = tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None \
             else shape
         name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        q = t.quantization
+        quantization = None
+        if q is not None and q.scale is not None and len(q.scale) == 1:
+            quantization = (float(q.scale[0]), int(q.zeroPoint[0]))
         return TensorInfo(name, types.get(t.type, str(t.type)), shape, signature,
-                          data is not None and data.size > 0, data, index)
+                          data is not None and data.size > 0, data, index, quantization)
 
     ops = []
     for i, op in enumerate(graph.operators or []):

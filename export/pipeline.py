@@ -22,14 +22,27 @@ from keras_effnet.export.data import (
     image_files,
 )
 from keras_effnet.export.edgetpu import to_edgetpu
+from keras_effnet.export.metadata import check_image_classifier, class_names_for
 from keras_effnet.export.saved_model import export_saved_model
 from keras_effnet.export.se import parse_se
 from keras_effnet.export.tflite import MODES, input_size, to_tflite
-from keras_effnet.export.verify import format_table, keras_outputs, verify
+from keras_effnet.export.verify import format_runtime_table, format_table, keras_outputs, verify
 
-__all__ = ["FORMATS", "artifact_name", "calibration_set", "export_all"]
+__all__ = ["FORMATS", "TARGETS", "artifact_name", "calibration_set", "export_all",
+           "target_formats"]
 
 FORMATS = ("saved_model",) + MODES + ("edgetpu",)
+# what each place a model ships to takes: phones get the two files MediaPipe runs best
+# (uint8: integer kernels, raw-pixel input; float16: GPU delegates), Coral boards the
+# Edge TPU file and its op report, servers the SavedModel
+TARGETS = {"android": ("uint8", "float16"), "coral": ("edgetpu",), "server": ("saved_model",),
+           "all": FORMATS}
+
+
+def target_formats(target: str) -> tuple[str, ...]:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+    return TARGETS[target]
 
 
 def artifact_name(model_name: str, fmt: str, se: str = "keep") -> str:
@@ -54,15 +67,24 @@ def calibration_set(size: int, folders: list | None = None,
 
 def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "keep",
                calibration=None, eval_sets: dict | None = None, overwrite: bool = False,
-               runs: int = 20, progress: bool = True, log=print) -> dict:
-    """Export `model` to every format in `formats` under `out_dir`, verify each on
-    every evaluation set ({name: (images, labels or None)}), print the tables, and
-    write `<out_dir>/export_report.json`. Returns the same data."""
+               runs: int = 20, progress: bool = True, log=print, target: str | None = None,
+               labels=None) -> dict:
+    """Export `model` to every format in `formats` (or those of `target`: android,
+    coral, server, all) under `out_dir`, verify each on every evaluation set ({name:
+    (images, labels or None)}) in Keras' place and in the runtimes users ship into,
+    print the tables, and write `<out_dir>/export_report.json`. Returns the same data.
+    `labels`: the class names the artifacts carry (a list or a file; default: the
+    model's own, or ImageNet's)."""
+    if target is not None:
+        formats = target_formats(target)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}: expected some of {', '.join(FORMATS)}")
     parse_se(se)
+    if target == "android":
+        check_image_classifier(model)
     height, _ = input_size(model)
+    names = class_names_for(model, labels)
     out_dir = Path(out_dir)
     quantized = {"int8", "uint8", "edgetpu"} & set(formats)
     if quantized and calibration is None:
@@ -70,31 +92,43 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     eval_sets = eval_sets or {"photos": (bundled_photos(height)[0], None)}
     references = {name: keras_outputs(model, images) for name, (images, _) in eval_sets.items()}
 
-    report: dict = {"model": model.name, "se": se, "artifacts": {}, "edgetpu": None}
+    report: dict = {"model": model.name, "se": se, "target": target, "class_names": names,
+                    "artifacts": {}, "edgetpu": None}
     results: dict = {name: [] for name in eval_sets}
     for fmt in formats:
         path = out_dir / artifact_name(model.name, fmt, se)
         start = time.perf_counter()
         if fmt == "saved_model":
-            export_saved_model(model, path, overwrite=overwrite)
+            export_saved_model(model, path, overwrite=overwrite, class_names=names)
         elif fmt == "edgetpu":
             edgetpu = to_edgetpu(model, path, calibration, se=se, overwrite=overwrite,
-                                 progress=progress)
+                                 progress=progress, labels=names)
             report["edgetpu"] = edgetpu.to_dict()
         else:
             to_tflite(model, path, fmt, calibration if fmt in ("int8", "uint8") else None,
-                      se=se, overwrite=overwrite, progress=progress)
+                      se=se, overwrite=overwrite, progress=progress, labels=names)
         seconds = time.perf_counter() - start
         log(f"wrote {path} ({fmt}, se={se}) in {seconds:.0f} s")
         report["artifacts"][fmt] = {"path": str(path), "export_seconds": round(seconds, 1)}
-        for i, (name, (images, labels)) in enumerate(eval_sets.items()):
-            result = verify(path, model, images, labels, runs=runs if i == 0 else 0,
-                            reference=references[name], name=fmt)
+        for i, (name, (images, truth)) in enumerate(eval_sets.items()):
+            result = verify(path, model, images, truth, runs=runs if i == 0 else 0,
+                            reference=references[name], name=fmt, class_names=names)
             results[name].append(result)
     for name, rows in results.items():
         log("")
         log(format_table(rows, f"{model.name}, se={se}: verified on {name} "
                          f"({len(eval_sets[name][0])} images)"))
+        if any(r.android_problems is not None for r in rows):
+            log("")
+            log(format_runtime_table(rows, f"{model.name}: the same images in the runtimes "
+                                     "users ship into"))
+    first = next(iter(results.values()))
+    refused = [r for r in first if r.android_problems is not None and not r.android_ready]
+    if target == "android" and refused:
+        log("")
+        for r in refused:
+            log(f"NOT Android-ready: {r.artifact}: "
+                + "; ".join(r.android_problems or [c.summary() for c in r.runtimes.values()]))
     if report["edgetpu"] is not None:
         log("")
         log(edgetpu.summary())

@@ -23,6 +23,7 @@ import numpy as np
 from keras_effnet.export._atomic import atomic_output, check_destination
 from keras_effnet.export.data import batches_of_one, representative_images
 from keras_effnet.export.flatbuffer import read_model
+from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import apply_se_strategy, find_se_blocks, parse_se
 
@@ -140,8 +141,12 @@ def _convert_se_float(converter, folder, model, images, progress, uint8_io: bool
 
 def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representative_data=None,
               se="keep", *, batch_size: int | None = 1, image_size: int | None = None,
-              overwrite: bool = False, progress: bool = True) -> Path:
+              overwrite: bool = False, progress: bool = True, labels=None,
+              metadata: bool = True) -> Path:
     """Convert `model` to a `.tflite` file at `path` and return the path.
+
+    The file carries TFLite metadata (keras_effnet.export.metadata) that Android's
+    MediaPipe Tasks reads: the input image contract and the class names.
 
     Args:
         mode: float32, float16, dynamic, int8 (float I/O) or uint8 (uint8 I/O).
@@ -153,16 +158,22 @@ def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representat
         batch_size: the static batch of the input (None: resizable at run time).
         image_size: input size for models built without a fixed one.
         overwrite: replace an existing file at `path`.
+        labels: class names (a list, or a file with one per line); default: the
+            model's own (`keras_effnet.saving`), or ImageNet's for 1000 classes.
+        metadata: write the metadata (needs MediaPipe, the `android` extra).
     """
     check_mode(mode)
     parse_se(se)
     path = check_destination(path, overwrite)
     height, width = input_size(model, image_size)
+    names = class_names_for(model, labels) if metadata else None
     images = None
     if mode in QUANTIZED_MODES:
         images = representative_images(representative_data, (height, width, 3))
     content = convert(model, mode, se=se, batch_size=batch_size, image_size=image_size,
                       progress=progress, images=images)
+    if metadata:
+        content = model_metadata(content, model, names)
     with atomic_output(path, overwrite) as tmp:
         tmp.write_bytes(content)
     return path

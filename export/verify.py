@@ -32,9 +32,11 @@ import numpy as np
 
 from keras_effnet.export.data import labels_from_names, load_folder
 from keras_effnet.export.flatbuffer import read_model
+from keras_effnet.export.metadata import android_problems, class_names_for
+from keras_effnet.export.runtimes import check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import logits_model
 
-__all__ = ["VerifyResult", "format_table", "keras_outputs", "verify"]
+__all__ = ["VerifyResult", "format_runtime_table", "format_table", "keras_outputs", "verify"]
 
 DEFAULT_RUNS = 20  # paper Table 4 averages 20 runs; we report the median
 WARMUP_RUNS = 3
@@ -54,11 +56,20 @@ class VerifyResult:
     top1_accuracy: float | None = None
     keras_top1_accuracy: float | None = None
     threads: int = 1
+    # the runtimes users ship into (`.tflite` only): {"mediapipe": RuntimeCheck, ...}
+    runtimes: dict = dataclasses.field(default_factory=dict)
+    android_problems: list | None = None  # [] = Android-ready; None = not a .tflite
+
+    @property
+    def android_ready(self) -> bool:
+        return self.android_problems == [] and all(
+            check.accepted for check in self.runtimes.values())
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         if self.sqnr_db is not None and math.isinf(self.sqnr_db):
             data["sqnr_db"] = "inf"
+        data["android_ready"] = self.android_ready if self.android_problems is not None else None
         return data
 
 
@@ -231,7 +242,8 @@ def _log_probs(p: np.ndarray) -> np.ndarray:
 
 
 def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int = DEFAULT_RUNS,
-           reference: tuple | None = None, name: str | None = None) -> VerifyResult:
+           reference: tuple | None = None, name: str | None = None,
+           runtimes: bool = True, class_names: list[str] | None = None) -> VerifyResult:
     """Compare `artifact` with `model` on `images` and time it.
 
     Args:
@@ -242,6 +254,10 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         runs: timed batch-1 runs for the median latency (0 skips timing).
         reference: precomputed `keras_outputs(model, images)`, to save time when
             verifying several artifacts of one model.
+        runtimes: for a `.tflite`, also run it in MediaPipe's ImageClassifier and
+            LiteRT's CompiledModel API and list what would stop it on Android.
+        class_names: the names its top-1 classes should carry (default: as export
+            writes them, `keras_effnet.export.metadata.class_names_for(model)`).
     """
     path = Path(artifact)
     if not path.exists():
@@ -280,6 +296,12 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
     else:
         sqnr = _sqnr(_log_probs(ref_probs), _log_probs(probs))
     top1, ref_top1 = probs.argmax(1), ref_probs.argmax(1)
+    checks, problems = {}, None
+    if runtimes and path.is_file():
+        names = class_names if class_names is not None else class_names_for(model)
+        checks = {"mediapipe": check_mediapipe(path, images, ref_top1, labels, names),
+                  "compiled_model": check_compiled_model(path, images, ref_top1, labels)}
+        problems = android_problems(path)
     return VerifyResult(
         artifact=name or path.name,
         format=fmt,
@@ -292,6 +314,8 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         latency_spread_ms=timing[1] if timing else None,
         top1_accuracy=float(np.mean(top1 == labels)) if labels is not None else None,
         keras_top1_accuracy=float(np.mean(ref_top1 == labels)) if labels is not None else None,
+        runtimes=checks,
+        android_problems=problems,
     )
 
 
@@ -313,4 +337,20 @@ def format_table(results: list[VerifyResult], title: str = "") -> str:
         lines.append(f"| {r.artifact} | {r.format} | {r.images} | {pct(r.top1_agreement)} | "
                      f"{accuracy} | {db(r.sqnr_db)} | {r.max_abs_prob_error:.2e} | "
                      f"{r.size_bytes / 1e6:.2f} | {latency} |")
+    return "\n".join(lines)
+
+
+def format_runtime_table(results: list[VerifyResult], title: str = "") -> str:
+    """A Markdown table: each `.tflite` in the runtimes users ship into."""
+    header = ("| artifact | MediaPipe ImageClassifier | LiteRT CompiledModel | "
+              "Android-ready |")
+    lines = ([f"{title}", ""] if title else []) + [header, "|" + "---|" * 4]
+    for r in results:
+        if r.android_problems is None:
+            continue
+        cells = [r.runtimes[k].summary() if k in r.runtimes else "-"
+                 for k in ("mediapipe", "compiled_model")]
+        ready = "yes" if r.android_ready else "no: " + "; ".join(r.android_problems or
+                                                                 ["a runtime refused it"])
+        lines.append(f"| {r.artifact} | {cells[0]} | {cells[1]} | {ready} |")
     return "\n".join(lines)

@@ -4,8 +4,14 @@
     keras-effnet info --phi 2.5           the same for any compound coefficient
     keras-effnet classify [IMAGE ...]     top-5 classes of scikit-image's chelsea
                                           and coffee, and of any images given
+    keras-effnet classify --tflite F      the same through MediaPipe Tasks (Android's
+                                          runtime) reading an exported .tflite
     keras-effnet export --out DIR         SavedModel + every TFLite mode + Edge TPU,
-                                          each verified against the Keras model
+                                          each verified against the Keras model and in
+                                          MediaPipe and LiteRT's CompiledModel
+    keras-effnet export --target android  only what a target takes (android, coral,
+                                          server, all); --model FILE.keras exports a
+                                          trained model with its class names
     keras-effnet cam IMAGE --out cam.png  Grad-CAM heatmap over the photo, top class
                                           in the title ("chelsea"/"coffee": scikit-image's)
     keras-effnet train --data DIR --out DIR   the paper's recipe under tf.distribute;
@@ -23,7 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "lite0", "variant for `classify` (b0-b7, lite0-4, edgetpu-s/m/l)")
+flags.DEFINE_string("model", "lite0", "variant for `classify`/`export` (b0-b7, lite0-4, "
+                    "edgetpu-s/m/l), or for `export` a .keras file (keras-effnet train's model)")
+flags.DEFINE_string("tflite", None, "`classify`: run this .tflite in MediaPipe's ImageClassifier")
+flags.DEFINE_string("target", None, "`export`: android (uint8 + float16 with metadata), coral "
+                    "(Edge TPU file + op report), server (SavedModel) or all; overrides --formats")
+flags.DEFINE_string("labels", None, "`export`: class names, one per line (default: the model's "
+                    "own, or ImageNet's)")
 flags.DEFINE_string("weights", "imagenet", "'imagenet', a weight file, or 'none'")
 flags.DEFINE_integer("top", 5, "how many classes `classify` prints per image")
 flags.DEFINE_float("phi", None, "compound coefficient for `info` instead of a named variant")
@@ -121,6 +133,9 @@ def _info(args: list[str]) -> int:
 
 
 def _classify(paths: list[str]) -> int:
+    images = _photos(paths)
+    if FLAGS.tflite:
+        return _classify_mediapipe(FLAGS.tflite, images)
     import numpy as np
 
     import keras_effnet as ke
@@ -128,6 +143,46 @@ def _classify(paths: list[str]) -> int:
     variant = ke.get_variant(FLAGS.model)
     weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
     model = ke.build(variant.name, weights=weights)
+    batch = np.stack([ke.load_image(src, variant.resolution) for src in images.values()])
+    preds = model.predict(batch, verbose=0)
+    print(f"{variant.constructor_name}, weights={weights}, {variant.resolution} px, "
+          "centre crop + bicubic")
+    for name, top in zip(images, ke.decode_predictions(preds, top=FLAGS.top)):
+        _print_top(name, [(label, score) for _, label, score in top])
+    return 0
+
+
+def _print_top(name: str, top: list[tuple[str, float]]) -> None:
+    print(f"\n{name}")
+    for rank, (label, score) in enumerate(top, 1):
+        print(f"  {rank}. {label:<28} {score:6.3f}")
+
+
+def _classify_mediapipe(path: str, images: dict) -> int:
+    """The phone's runtime on the desktop: MediaPipe Tasks' ImageClassifier."""
+    import numpy as np
+
+    import keras_effnet as ke
+    from keras_effnet.export import read_model
+    from keras_effnet.export.runtimes import mediapipe_available, mediapipe_classify
+
+    if not mediapipe_available():
+        print("MediaPipe is not installed, so the phone's runtime cannot run here: "
+              "pip install 'keras-effnet[android]'")
+        return 0
+    size = read_model(path).inputs[0].shape[1]
+    results = mediapipe_classify(path, np.stack([ke.load_image(src, size)
+                                                 for src in images.values()]), top=FLAGS.top)
+    print(f"MediaPipe ImageClassifier (Android's task runtime) reading {path} as it is; "
+          f"{size} px centre crops")
+    for name, top in zip(images, results):
+        _print_top(name, [(label or f"class {index} (no name)", score)
+                          for index, label, score in top])
+    return 0
+
+
+def _photos(paths: list[str]) -> dict:
+    """scikit-image's chelsea and coffee (when installed) and the files given."""
     images = {}
     try:
         import skimage.data
@@ -140,42 +195,51 @@ def _classify(paths: list[str]) -> int:
         images[path] = path
     if not images:
         raise app.UsageError("no images: pip install scikit-image, or pass image paths")
-    batch = np.stack([ke.load_image(src, variant.resolution) for src in images.values()])
-    preds = model.predict(batch, verbose=0)
-    print(f"{variant.constructor_name}, weights={weights}, {variant.resolution} px, "
-          "centre crop + bicubic")
-    for name, top in zip(images, ke.decode_predictions(preds, top=FLAGS.top)):
-        print(f"\n{name}")
-        for rank, (_, label, score) in enumerate(top, 1):
-            print(f"  {rank}. {label:<28} {score:6.3f}")
-    return 0
+    return images
 
 
 def _export(args: list[str]) -> int:
     import keras_effnet as ke
     from keras_effnet.export import bundled_photos, labels_from_names, load_folder
-    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all
+    from keras_effnet.export.metadata import class_names_for
+    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all, target_formats
 
     if args:
         raise app.UsageError(f"export takes flags only, got {args}")
     if not FLAGS.out:
         raise app.UsageError("export needs --out DIR")
-    variant = ke.get_variant(FLAGS.model)
-    weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
-    model = ke.build(variant.name, weights=weights)
-    size = variant.resolution
+    formats = target_formats(FLAGS.target) if FLAGS.target else FLAGS.formats or list(FORMATS)
+    if FLAGS.model.endswith(".keras"):
+        from keras_effnet.saving import load_model
+
+        model = load_model(FLAGS.model)
+        size = model.input_shape[1]
+        title = f"{FLAGS.model} ({model.name}, classes: {_names(model.class_names)})"
+    else:
+        variant = ke.get_variant(FLAGS.model)
+        weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
+        model = ke.build(variant.name, weights=weights)
+        size = variant.resolution
+        title = f"{variant.constructor_name}, weights={weights}"
+    labels = class_names_for(model, FLAGS.labels)  # bad labels fail before any work
     eval_sets = {"scikit-image photos": (bundled_photos(size)[0], None)}
     for folder in FLAGS.images:
         images, names = load_folder(folder, size)
         eval_sets[folder] = (images, labels_from_names(names))
-    formats = FLAGS.formats or list(FORMATS)
     calibration = None
     if {"int8", "uint8", "edgetpu"} & set(formats):
         calibration = calibration_set(size, FLAGS.calibration)
-    print(f"{variant.constructor_name}, weights={weights}, {size} px -> {FLAGS.out}")
+    print(f"{title}, {size} px -> {FLAGS.out}")
     export_all(model, FLAGS.out, formats, se=FLAGS.se, calibration=calibration,
-               eval_sets=eval_sets, overwrite=FLAGS.overwrite, runs=FLAGS.runs)
+               eval_sets=eval_sets, overwrite=FLAGS.overwrite, runs=FLAGS.runs,
+               target=FLAGS.target, labels=labels)
     return 0
+
+
+def _names(names) -> str:
+    if not names:
+        return "none recorded"
+    return ", ".join(names[:5]) + (f", ... ({len(names)})" if len(names) > 5 else "")
 
 
 def _cam(args: list[str]) -> int:

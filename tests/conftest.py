@@ -64,6 +64,52 @@ def skimage_photos():
     return {"chelsea": data.chelsea(), "coffee": data.coffee()}
 
 
+@pytest.fixture(scope="session")
+def class_folder(tmp_path_factory, skimage_photos):
+    """A training folder: 3 classes (cat, coffee, rocket) x 8 crops of scikit-image
+    photos, plus one fake and one empty image."""
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    sources = {"cat": skimage_photos["chelsea"], "coffee": skimage_photos["coffee"],
+               "rocket": skimage.data.rocket()}
+    for name, image in sources.items():
+        (root / name).mkdir()
+        height, width, _ = image.shape
+        for i in range(8):
+            side = int(rng.integers(min(height, width) // 2, min(height, width)))
+            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            crop = image[top:top + side, left:left + side]
+            Image.fromarray(crop).resize((48, 48)).save(root / name / f"{i}.jpg")
+    (root / "cat" / "notes.jpg").write_bytes(b"this is text, not a JPEG")
+    (root / "coffee" / "empty.png").write_bytes(b"")
+    return root
+
+
+def photo_model(size: int = 64, classes: int = 10):
+    """A few-block SE model whose BatchNorm statistics come from real photos, so its
+    activations have realistic ranges for calibration. Seeded: the random weights
+    decide how far float rounding spreads, so tests must not change from run to run."""
+    import keras
+
+    import keras_effnet as ke
+    from keras_effnet import export as kx
+
+    keras.utils.set_random_seed(0)
+    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(size, size, 3), classes=classes,
+                            drop_connect_rate=0.0, dropout_rate=0.0)
+    photos = kx.calibration_views(kx.bundled_photos()[0], size, 32, seed=3)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(photos, training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    return model
+
+
 def photo_batch(photos, size):
     import keras_effnet as ke
 

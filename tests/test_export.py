@@ -12,7 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, photo_model
 
 import keras_effnet as ke
 from keras_effnet import export as kx
@@ -22,27 +22,10 @@ from keras_effnet.export.tflite import convert
 from keras_effnet.layers import BatchNormalization as FusedBatchNormalization
 
 
-def _small(size=64):
-    """A few-block SE model whose BatchNorm statistics come from real photos, so its
-    activations have realistic ranges for calibration. Seeded: the random weights
-    decide how far float rounding spreads, so the test must not change from run to run."""
-    keras.utils.set_random_seed(0)
-    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(size, size, 3), classes=10,
-                            drop_connect_rate=0.0, dropout_rate=0.0)
-    photos = calibration_views(kx.bundled_photos()[0], size, 32, seed=3)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = 0.0
-    model(photos, training=True)
-    for layer in bns:
-        layer.momentum = 0.99
-    return model
-
-
 @pytest.fixture(scope="module")
 def small():
     pytest.importorskip("skimage")
-    return _small()
+    return photo_model()
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +293,7 @@ def test_verify_rejects_bad_input(small, evaluation, tmp_path):
 @pytest.fixture(scope="module")
 def small_192():
     pytest.importorskip("skimage")
-    return _small(192)
+    return photo_model(192)
 
 
 def test_edgetpu_report_names_the_se_op_where_mapping_stops(small_192, tmp_path):
@@ -462,31 +445,53 @@ def test_cli_export_writes_and_verifies(tmp_path):
 # --- quantization-aware training (the qat extra) -------------------------------------------
 
 
-def test_quantize_aware_fine_tunes_and_exports_int8(tmp_path):
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory):
+    """A small model with photo BatchNorm statistics, QAT-annotated, fitted one epoch and
+    converted to uint8: (model, qat model, inputs, .tflite path, weights before fit)."""
     import importlib.util
 
     if importlib.util.find_spec("tensorflow_model_optimization") is None:
         pytest.skip("the qat extra is not installed: pip install 'keras-effnet[qat]'")
     tf_keras = pytest.importorskip("tf_keras")
-    from keras_effnet.export.qat import qat_to_tflite, quantize_aware, to_tf_keras
+    pytest.importorskip("skimage")
+    from keras_effnet.export.qat import qat_to_tflite, quantize_aware
 
-    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(32, 32, 3), classes=3)
-    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model = photo_model(32)  # BatchNorm statistics from photos: features that tell photos apart
+    x = calibration_views(kx.bundled_photos()[0], 32, 8, seed=5)
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    rebuilt = to_tf_keras(model)
-    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=1e-5)
     qat = quantize_aware(model)
-    wrapped = [layer.name for layer in qat.layers if "se_excite" in layer.name]
-    assert wrapped, "the SE Multiply must be annotated for quantization"
     qat.compile(optimizer=tf_keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
     before = [w.copy() for w in qat.get_weights()]
     history = qat.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    path = qat_to_tflite(qat, tmp_path_factory.mktemp("qat") / "qat.tflite", "uint8")
+    return model, qat, x, path, before, history
+
+
+def test_quantize_aware_fine_tunes_and_exports_int8(qat_run):
+    from keras_effnet.export.qat import to_tf_keras
+
+    model, qat, x, path, before, history = qat_run
+    rebuilt = to_tf_keras(model)
+    # float rounding of two frameworks' kernels, spread by a random net (see _small)
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-3)
+    excite = [layer for layer in qat.layers if "se_excite" in layer.name]
+    # quantize_apply wraps each annotated layer; an unannotated Multiply stays a bare layer
+    assert excite and all(type(layer).__name__.startswith("QuantizeWrapper") and
+                          type(layer.layer).__name__ == "Multiply" for layer in excite), \
+        [type(layer).__name__ for layer in excite]
     assert np.isfinite(history.history["loss"][0])
     assert any(not np.array_equal(a, b) for a, b in zip(before, qat.get_weights()))
-    path = qat_to_tflite(qat, tmp_path / "qat.tflite", "uint8")
     graph = kx.read_model(path)
     assert graph.inputs[0].dtype == "UINT8"
     assert {op.outputs[0].dtype for op in graph.ops if op.op == "CONV_2D"} == {"INT8"}
-    result = kx.verify(path, model, x, runs=0)
-    assert result.images == 8 and 0 <= result.top1_agreement <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (issue 15): the QAT .tflite does not "
+                   "compute what the fake-quantized graph computes; measured top-1 agreement "
+                   "2/8, logit SQNR -5.6 dB (int8 and uint8 alike)")
+def test_qat_file_computes_what_the_qat_graph_computes(qat_run):
+    _, qat, x, path, _, _ = qat_run
+    result = kx.verify(path, qat, x, runs=0, runtimes=False)
+    assert result.top1_agreement >= 7 / 8 and result.sqnr_db > 10, result

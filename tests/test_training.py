@@ -29,26 +29,8 @@ TINY = [*ARCH, "--weights", "none"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, skimage_photos):
-    """3 classes x 8 crops of scikit-image photos, plus one fake and one empty image."""
-    import skimage.data
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    sources = {"cat": skimage_photos["chelsea"], "coffee": skimage_photos["coffee"],
-               "rocket": skimage.data.rocket()}
-    for name, image in sources.items():
-        (root / name).mkdir()
-        height, width, _ = image.shape
-        for i in range(8):
-            side = int(rng.integers(min(height, width) // 2, min(height, width)))
-            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-            crop = image[top:top + side, left:left + side]
-            Image.fromarray(crop).resize((48, 48)).save(root / name / f"{i}.jpg")
-    (root / "cat" / "notes.jpg").write_bytes(b"this is text, not a JPEG")
-    (root / "coffee" / "empty.png").write_bytes(b"")
-    return root
+def folder(class_folder):
+    return class_folder
 
 
 def _tiny(classes=3, **kwargs):
@@ -483,8 +465,12 @@ def test_search_runs_killed_and_resumed(folder, tmp_path):
     rows = report["candidates"]
     assert [(r["alpha"], r["beta"], r["gamma"]) for r in rows] == [(1.2, 1.1, 1.15),
                                                                    (1.4, 1.0, 1.2)]
-    for row in rows:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["params"] > 0 and row["macs"] > 0
+    for row, name in zip(rows, ("a1.20-b1.10-g1.15", "a1.40-b1.00-g1.20")):
+        summary = json.loads((out / "candidates" / name / "summary.json").read_text())
+        assert row["accuracy"] == summary["final_eval"]["accuracy"]
+        hits = row["accuracy"] * 24  # scored on the folder's 24 readable photos
+        assert abs(hits - round(hits)) < 1e-4, row["accuracy"]
+        assert (row["params"], row["macs"]) == (summary["params"], summary["macs"])
     # deeper (alpha 1.4) and narrower (beta 1.0) than the paper's: fewer params
     assert rows[1]["params"] < rows[0]["params"]
     assert report["winner"] in rows and "winner" in (out / "search.md").read_text()

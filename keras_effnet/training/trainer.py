@@ -7,7 +7,8 @@ checkpoint every epoch (and every N steps), TensorBoard logs, the final model
 
     out/checkpoints/state.npz   the last training state (see checkpoint.py)
     out/logs/                   TensorBoard
-    out/model.keras             the trained model
+    out/model.keras             the trained model, its class names inside (keras_effnet.saving)
+    out/labels.txt              the class names, one per line
     out/summary.json            settings, per-epoch metrics, steps, images/s
 """
 
@@ -21,6 +22,7 @@ import warnings
 
 import keras
 
+from keras_effnet.saving import save_model
 from keras_effnet.training import checkpoint, recipe
 from keras_effnet.training.data import eval_dataset, scan_folder, split, train_dataset
 from keras_effnet.training.finetune import (
@@ -110,12 +112,6 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
     if config.unfreeze_blocks:
         unfreeze_top(model, config.unfreeze_blocks)
     return model
-
-
-def _atomic_save(model: keras.Model, path: str) -> None:
-    temporary = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
-    model.save(temporary)
-    os.replace(temporary, path)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -219,10 +215,11 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     if validation is not None:  # fit ended by writing the weight average into the model
         scores = model.evaluate(validation, verbose=0, return_dict=True)
         summary["final_eval"] = {k: float(v) for k, v in scores.items()}
+    model.class_names = tuple(folder.class_names)  # what an export of it names
     if chief:
         os.makedirs(config.out, exist_ok=True)
         summary["model_path"] = f"{config.out}/model.keras"
-        _atomic_save(model, summary["model_path"])
+        save_model(model, summary["model_path"], class_names=folder.class_names)
         _write_json(f"{config.out}/summary.json", summary)
     else:  # the other workers' copies, to check that they agree with the chief's
         index = worker_info()[0]

@@ -1,0 +1,132 @@
+"""The runtimes users ship into, run on the desktop, as the judges of an artifact.
+
+    check_mediapipe(path, images, ...)        MediaPipe Tasks' ImageClassifier: the task
+                                              runtime of Android's MediaPipe (and the same
+                                              C++ as the LiteRT Task Library)
+    check_compiled_model(path, images, ...)   LiteRT's CompiledModel API, the one LiteRT
+                                              recommends on Android
+
+Each runs the file unmodified on the evaluation images and says whether the runtime
+accepted it (and why not), its top-1 agreement with Keras, its accuracy when labels are
+known, and for MediaPipe whether every top-1 name is the class name of its index.
+MediaPipe is the optional `android` extra; without it that check says so and is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_effnet.export.metadata import ANDROID_EXTRA
+
+__all__ = ["RuntimeCheck", "check_compiled_model", "check_mediapipe", "mediapipe_available",
+           "mediapipe_classify"]
+
+
+@dataclasses.dataclass
+class RuntimeCheck:
+    runtime: str
+    accepted: bool | None            # None: the runtime is not installed here
+    reason: str = ""
+    top1_agreement: float | None = None
+    top1_accuracy: float | None = None
+    names_match: float | None = None  # share of top-1 names equal to the index's class name
+    example: str | None = None        # the first image's top-1 class name
+
+    def summary(self) -> str:
+        if self.accepted is None:
+            return f"skipped ({self.reason})"
+        if not self.accepted:
+            return f"refused: {self.reason}"
+        text = f"{100 * self.top1_agreement:.1f}% agree"
+        if self.top1_accuracy is not None:
+            text += f", top-1 {100 * self.top1_accuracy:.1f}%"
+        if self.names_match is not None:
+            text += f", names {100 * self.names_match:.0f}%"
+        return text
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def mediapipe_available() -> bool:
+    try:
+        import mediapipe.tasks.python.vision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _score(name: str, top1: np.ndarray, reference_top1, labels) -> RuntimeCheck:
+    return RuntimeCheck(
+        name, True,
+        top1_agreement=float(np.mean(top1 == reference_top1)),
+        top1_accuracy=None if labels is None else float(np.mean(top1 == np.asarray(labels))))
+
+
+def mediapipe_classify(path: str | os.PathLike, images, top: int = 1) -> list[list[tuple]]:
+    """[(index, class name, score), ...] for each image ((H, W, 3), 0-255, at the
+    model's size) from MediaPipe's ImageClassifier reading `path` as it is. Raises
+    what MediaPipe raises when it refuses the file."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(Path(path).resolve())), max_results=top)
+    results = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for image in images:
+            pixels = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
+            results.append([(c.index, c.category_name, c.score)
+                            for c in result.classifications[0].categories])
+    return results
+
+
+def check_mediapipe(path: str | os.PathLike, images: np.ndarray, reference_top1: np.ndarray,
+                    labels=None, class_names: list[str] | None = None) -> RuntimeCheck:
+    """Classify `images` ((N, H, W, 3), 0-255, at the model's size) with MediaPipe's
+    ImageClassifier reading `path` as it is."""
+    if not mediapipe_available():
+        return RuntimeCheck("mediapipe", None, f"mediapipe is not installed: {ANDROID_EXTRA}")
+    try:
+        results = mediapipe_classify(path, images)
+    except Exception as exc:  # noqa: BLE001 - MediaPipe's refusal is the finding
+        return RuntimeCheck("mediapipe", False, str(exc).strip().splitlines()[0][:300])
+    top1 = np.array([result[0][0] for result in results])
+    names = [result[0][1] for result in results]
+    check = _score("mediapipe", top1, reference_top1, labels)
+    check.example = names[0]
+    if class_names is not None:
+        check.names_match = float(np.mean([n == class_names[i] for n, i in zip(names, top1)]))
+    return check
+
+
+def check_compiled_model(path: str | os.PathLike, images: np.ndarray,
+                         reference_top1: np.ndarray, labels=None) -> RuntimeCheck:
+    """Run `images` through LiteRT's CompiledModel API (CPU) reading `path` as it is."""
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel
+    except ImportError:
+        return RuntimeCheck("compiled_model", None,
+                            "ai_edge_litert has no CompiledModel API here (LiteRT >= 2.0)")
+    try:
+        model = CompiledModel.from_file(str(path))
+        key = next(iter(model.get_signature_list()))
+        inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+        (detail,) = model.get_input_tensor_details(key).values()
+        (out,) = model.get_output_tensor_details(key).values()
+    except Exception as exc:  # noqa: BLE001 - LiteRT's refusal is the finding
+        return RuntimeCheck("compiled_model", False, str(exc).strip().splitlines()[0][:300])
+    dtype, out_dtype = np.dtype(detail["dtype"]), np.dtype(out["dtype"])
+    classes = int(np.prod(out["shape"]))
+    top1 = []
+    for image in images:
+        pixels = np.clip(np.round(image), 0, 255) if dtype == np.uint8 else image
+        inputs[0].write(pixels[None].astype(dtype))
+        model.run_by_index(0, inputs, outputs)
+        top1.append(int(np.argmax(outputs[0].read(classes, out_dtype))))
+    return _score("compiled_model", np.array(top1), reference_top1, labels)

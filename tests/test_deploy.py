@@ -1,0 +1,338 @@
+"""Deploy targets in the runtimes users ship into: TFLite metadata read back by MediaPipe's
+reader, every .tflite run unmodified by MediaPipe Tasks' ImageClassifier and LiteRT's
+CompiledModel API, targets and labels, the SavedModel's encoded-image signature, and a
+fine-tuned model's class names from `keras-effnet train` to the phone's runtime."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO, photo_model
+
+import keras_effnet as ke
+from keras_effnet import export as kx
+from keras_effnet.export import metadata as md
+from keras_effnet.export.data import calibration_views
+from keras_effnet.export.runtimes import check_mediapipe
+from keras_effnet.export.saved_model import decode_and_crop
+from keras_effnet.saving import class_names_in, load_model, save_model
+
+pytest.importorskip("mediapipe", reason="the android extra (MediaPipe) is not installed")
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+NAMES = ["daisy", "rose", "tulip"]
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "keras_effnet.cli", *args], env=ENV,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 3-class, 64 px model with BatchNorm statistics from real photos."""
+    pytest.importorskip("skimage")
+    return photo_model(64, classes=3)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    pytest.importorskip("skimage")
+    return calibration_views(kx.bundled_photos()[0], 64, 24, seed=7)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, photos, tmp_path_factory):
+    """Every .tflite the export layer writes (five modes and the Edge TPU file)."""
+    out = tmp_path_factory.mktemp("tflite")
+    calib = calibration_views(kx.bundled_photos()[0], 64, 24, seed=0)
+    files = {}
+    for mode in kx.MODES:
+        files[mode] = kx.to_tflite(tiny, out / f"{mode}.tflite", mode,
+                                   calib if mode in ("int8", "uint8") else None,
+                                   progress=False, labels=NAMES)
+    kx.to_edgetpu(tiny, out / "edgetpu.tflite", calib, progress=False, labels=NAMES)
+    files["edgetpu"] = out / "edgetpu.tflite"
+    return files
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["float32", "uint8"])
+def test_metadata_reads_back_every_field(tiny, exported, fmt):
+    info = md.read_metadata(exported[fmt])
+    assert info.name == tiny.name and info.version == ke.__version__
+    assert info.min_parser_version == "1.0.0"
+    assert info.input_size == (64, 64) and info.color_space == "RGB"
+    assert info.mean == (0.0,) and info.std == (1.0,)  # pixels 0-255 as they are
+    assert info.labels == NAMES
+    assert "3-class image classifier" in info.description
+    output = info.raw["subgraph_metadata"][0]["output_tensor_metadata"][0]
+    assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+    assert md.android_problems(exported[fmt]) == []
+
+
+def test_every_tflite_runs_unmodified_in_mediapipe_and_compiled_model(tiny, exported, photos):
+    reference = kx.keras_outputs(tiny, photos)
+    for fmt, path in exported.items():
+        result = kx.verify(path, tiny, photos, runs=0, reference=reference, class_names=NAMES)
+        mediapipe, compiled = result.runtimes["mediapipe"], result.runtimes["compiled_model"]
+        assert mediapipe.accepted and compiled.accepted, (fmt, mediapipe, compiled)
+        assert mediapipe.names_match == 1.0 and mediapipe.example in NAMES, fmt
+        assert result.android_ready and result.to_dict()["android_ready"], fmt
+        # each runtime classifies like our own LiteRT runner of the same file
+        assert mediapipe.top1_agreement == compiled.top1_agreement == result.top1_agreement, fmt
+    table = kx.format_runtime_table([kx.verify(exported["uint8"], tiny, photos, runs=0)])
+    assert "| uint8.tflite |" in table and "| yes |" in table
+
+
+def test_a_file_without_metadata_is_named_not_android_ready(tiny, photos, tmp_path):
+    path = kx.to_tflite(tiny, tmp_path / "bare.tflite", "float32", metadata=False)
+    assert md.read_metadata(path) is None
+    problems = md.android_problems(path)
+    assert len(problems) == 1 and problems[0].startswith("no TFLite metadata")
+    result = kx.verify(path, tiny, photos, runs=0, class_names=NAMES)
+    assert result.runtimes["mediapipe"].accepted is False
+    assert "NormalizationOptions" in result.runtimes["mediapipe"].reason
+    assert result.runtimes["compiled_model"].accepted  # LiteRT itself needs no metadata
+    assert not result.android_ready
+    assert "no: no TFLite metadata" in kx.format_runtime_table([result])
+
+
+def test_android_rules_name_what_mediapipe_refuses(tiny, exported, tmp_path):
+    """A uint8 input that is not raw pixels, and a labels file of the wrong length."""
+    from keras_effnet.export.flatbuffer import _schema
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(exported["uint8"].read_bytes()), 0)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].quantization.scale = [0.5]
+    import flatbuffers
+
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    content = md.add_metadata(bytes(builder.Output()), NAMES[:2] + ["x"], name="t",
+                              description="t", version="1")
+    problems = md.android_problems(content)
+    assert any("quantized as (scale, zero point) (0.5, 0)" in p for p in problems), problems
+    assert md.android_problems(content, classes=4) == [problems[0],
+                                                       ("the metadata names 3 classes, the "
+                                                       "model has 4")]
+
+
+def test_min_parser_version_follows_mediapipes_rules():
+    fb = pytest.importorskip("mediapipe.tasks.metadata.metadata_schema_py_generated")
+
+    def metadata(**subgraph_fields):
+        model, subgraph, tensor = fb.ModelMetadataT(), fb.SubGraphMetadataT(), fb.TensorMetadataT()
+        subgraph.inputTensorMetadata = [tensor]
+        for name, value in subgraph_fields.items():
+            setattr(subgraph, name, value)
+        model.subgraphMetadata = [subgraph]
+        return model, tensor
+
+    plain, tensor = metadata()
+    assert md.min_parser_version(plain) == "1.0.0"
+    labels = fb.AssociatedFileT()
+    labels.type = fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    tensor.associatedFiles = [labels]
+    assert md.min_parser_version(plain) == "1.0.0"
+    labels.type = fb.AssociatedFileType.VOCABULARY
+    assert md.min_parser_version(plain) == "1.0.1"
+    labels.version = "2"
+    assert md.min_parser_version(plain) == "1.4.1"
+    assert md.min_parser_version(metadata(inputProcessUnits=[])[0]) == "1.1.0"
+    assert md.min_parser_version(metadata(outputTensorGroups=[])[0]) == "1.2.0"
+    assert md.min_parser_version(metadata(customMetadata=[])[0]) == "1.5.0"
+    regex = fb.ProcessUnitT()
+    regex.optionsType = fb.ProcessUnitOptions.RegexTokenizerOptions
+    assert md.min_parser_version(metadata(inputProcessUnits=[regex])[0]) == "1.2.1"
+
+
+# --- labels and targets: bad input writes nothing ---------------------------------------------
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (["a", "b"], "has 2 class names but the model has 3 classes"),
+    (["a", "", "c"], "line 2 is empty"),
+    (["a", "b", "a"], "'a' appears on lines 1 and 3"),
+])
+def test_bad_labels_are_refused_before_anything_is_written(tiny, tmp_path, labels, message):
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=message):
+        kx.to_tflite(tiny, path, "float32", labels=labels)
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(labels) + "\n")
+    with pytest.raises(ValueError, match=message):
+        kx.to_tflite(tiny, path, "float32", labels=labels_file)
+    with pytest.raises(ValueError, match=message):
+        kx.export_all(tiny, tmp_path / "out", ["float32"], labels=labels, runs=0)
+    assert not path.exists() and not (tmp_path / "out").exists()
+
+
+def test_unknown_target_and_non_image_model_are_refused(tiny, tmp_path):
+    with pytest.raises(ValueError, match="unknown target 'phone': expected one of android, "
+                                         "coral, server, all"):
+        kx.export_all(tiny, tmp_path / "a", target="phone")
+    gray = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match="the android target needs an RGB image classifier"):
+        kx.export_all(gray, tmp_path / "b", target="android")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_bad_target_and_labels_are_one_line(tmp_path):
+    bad = tmp_path / "labels.txt"
+    bad.write_text("cat\ndog\n")
+    for args, message in ((["--target", "phone"], "unknown target 'phone'"),
+                          (["--labels", str(bad)], "has 2 class names but the model has 1000")):
+        result = _cli("export", "--model", "lite0", "--weights", "none", "--out",
+                      str(tmp_path / "out"), *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- the server's encoded-image signature ------------------------------------------------------
+
+def _encoded(image: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_saved_model_takes_encoded_images_and_names_classes(tiny, tmp_path, skimage_photos):
+    import tensorflow as tf
+
+    path = kx.export_saved_model(tiny, tmp_path / "sm", class_names=NAMES)
+    serve = tf.saved_model.load(str(path)).signatures["serving_bytes"]
+    photos = list(skimage_photos.values())
+    encoded = [_encoded(photos[0], "JPEG"), _encoded(photos[1], "PNG")]
+    out = serve(image_bytes=tf.constant(encoded))
+    assert set(out) == {"probabilities", "top_k_scores", "top_k_indices", "top_k_names"}
+    # the signature's pixels are load_image's (TF's antialiased bicubic vs PIL's: a level or
+    # two at edges); top-1 agreement is measured on Lite0's real weights below
+    for data in encoded:
+        ours = decode_and_crop(tf.constant(data), (64, 64)).numpy()
+        theirs = ke.load_image(_decoded(data), 64)
+        assert np.mean(np.abs(ours - theirs)) < 1.5 and ours.min() >= 0 and ours.max() <= 255
+    probabilities = out["probabilities"].numpy()
+    np.testing.assert_array_equal(out["top_k_indices"].numpy(),
+                                  np.argsort(-probabilities, axis=1))
+    np.testing.assert_allclose(out["top_k_scores"].numpy(),
+                               np.sort(probabilities, axis=1)[:, ::-1], rtol=1e-6)
+    names = out["top_k_names"].numpy()
+    assert names.shape == (2, 3)
+    assert [[n.decode() for n in row] for row in names] == \
+        [[NAMES[i] for i in row] for row in out["top_k_indices"].numpy()]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        serve(image_bytes=tf.constant([encoded[0], b"this is not an image"]))
+
+
+def test_saved_model_cli_runs_the_encoded_image_signature(tiny, tmp_path, skimage_photos):
+    path = kx.export_saved_model(tiny, tmp_path / "sm", class_names=NAMES)
+    np.save(tmp_path / "request.npy", np.array([_encoded(skimage_photos["chelsea"], "JPEG")]))
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run(
+        [cli, "run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
+         "serving_bytes", "--inputs", f"image_bytes={tmp_path / 'request.npy'}"],
+        capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "top_k_names" in result.stdout
+    assert any(name in result.stdout for name in NAMES)
+
+
+def test_encoded_image_signature_agrees_with_load_image_on_shared_photos(shared_data, tmp_path):
+    import tensorflow as tf
+
+    model = ke.EfficientNetLite0(weights="imagenet")
+    path = kx.export_saved_model(model, tmp_path / "sm",
+                                 class_names=md.class_names_for(model))
+    serve = tf.saved_model.load(str(path)).signatures["serving_bytes"]
+    files = sorted((shared_data / "imagenet-sample").glob("*.JPEG"))
+    top1, names = [], []
+    for start in range(0, len(files), 20):
+        out = serve(image_bytes=tf.constant([f.read_bytes() for f in files[start:start + 20]]))
+        top1 += list(out["top_k_indices"].numpy()[:, 0])
+        names += [n.decode() for n in out["top_k_names"].numpy()[:, 0]]
+    images, _ = kx.load_folder(shared_data / "imagenet-sample", 224)
+    expected = model.predict(images, verbose=0).argmax(1)
+    agreement = float(np.mean(np.array(top1) == expected))
+    assert agreement >= 0.99, agreement
+    imagenet = [name for _, name in ke.imagenet_classes()]
+    assert names == [imagenet[i] for i in top1]
+
+
+# --- a fine-tuned model's class names, from train to the phone --------------------------------
+
+def test_saved_model_file_keeps_its_class_names(tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    save_model(model, tmp_path / "m.keras", NAMES)
+    assert class_names_in(tmp_path / "m.keras") == tuple(NAMES)
+    assert (tmp_path / "labels.txt").read_text() == "daisy\nrose\ntulip\n"
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.class_names == tuple(NAMES)
+    assert md.class_names_for(loaded) == NAMES
+    with pytest.raises(ValueError, match="has 2 class names but the model has 3"):
+        save_model(model, tmp_path / "n.keras", NAMES[:2])
+    assert not (tmp_path / "n.keras").exists()
+
+
+def test_fine_tuned_class_names_reach_mediapipe(class_folder, tmp_path):
+    out = tmp_path / "run"
+    trained = _cli("train", "--model", "lite0", "--phi=-4", "--image_size", "64", "--weights",
+                   "none", "--data", str(class_folder), "--out", str(out), "--batch", "8",
+                   "--epochs", "1", "--nojit_compile")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert class_names_in(out / "model.keras") == ("cat", "coffee", "rocket")
+    exported = _cli("export", "--model", str(out / "model.keras"), "--target", "android",
+                    "--out", str(tmp_path / "android"), "--runs", "0")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((tmp_path / "android" / "export_report.json").read_text())
+    assert report["class_names"] == ["cat", "coffee", "rocket"]
+    assert set(report["artifacts"]) == {"uint8", "float16"}
+    for fmt in ("uint8", "float16"):
+        path = report["artifacts"][fmt]["path"]
+        assert md.read_metadata(path).labels == ["cat", "coffee", "rocket"]
+        row = report["verify"]["scikit-image photos"][[r["artifact"] for r in report["verify"][
+            "scikit-image photos"]].index(fmt)]
+        assert row["android_ready"] and row["runtimes"]["mediapipe"]["names_match"] == 1.0
+    classified = _cli("classify", "--tflite", report["artifacts"]["uint8"]["path"], "--top", "3")
+    assert classified.returncode == 0, classified.stderr[-2000:]
+    assert "MediaPipe ImageClassifier" in classified.stdout
+    lines = [line.split()[1] for line in classified.stdout.splitlines()
+             if line.strip().startswith("1.")]
+    assert len(lines) == 2 and set(lines) <= {"cat", "coffee", "rocket"}
+
+
+def test_lite0_in_mediapipe_matches_keras_on_imagenet_sample(shared_data, tmp_path):
+    """The issue's promise: MediaPipe runs Lite0's float32, float16 and uint8 files as they
+    are, within 1 point of Keras' top-1, every top-1 name ImageNet's name of its index."""
+    model = ke.EfficientNetLite0(weights="imagenet")
+    images, names = kx.load_folder(shared_data / "imagenet-sample", 224)
+    labels = kx.labels_from_names(names)
+    reference = kx.keras_outputs(model, images)
+    keras_acc = float(np.mean(reference[0].argmax(1) == labels))
+    calibration = kx.calibration_views(list(kx.bundled_photos()[0]), 224, 100)
+    for mode in ("float32", "float16", "uint8"):
+        path = kx.to_tflite(model, tmp_path / f"{mode}.tflite", mode,
+                            calibration if mode == "uint8" else None, progress=False)
+        check = check_mediapipe(path, images, reference[0].argmax(1), labels,
+                                md.class_names_for(model))
+        assert check.accepted, (mode, check.reason)
+        assert abs(check.top1_accuracy - keras_acc) <= 0.01, (mode, check, keras_acc)
+        assert check.names_match == 1.0, mode
