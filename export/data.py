@@ -9,14 +9,13 @@ the model's input size (`keras_effnet.load_image`), nothing else.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from keras_effnet.preprocessing import load_image
+from keras_effnet.preprocessing import IMAGE_SUFFIXES, LABELLED_NAME, load_image, read_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -29,7 +28,6 @@ __all__ = [
     "representative_images",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # TensorFlow's post-training quantization guide: "around 100-500 samples"
 MIN_CALIBRATION_IMAGES = 100
 DEFAULT_MAX_IMAGES = 500
@@ -70,14 +68,12 @@ def load_folder(folder: str | os.PathLike, size: int,
     return np.stack(images), names
 
 
-_LABEL_RE = re.compile(r"^(\d+)_")
-
 
 def labels_from_names(names: list[str]) -> np.ndarray | None:
     """ImageNet class indices from names like `207_n02099601_golden.JPEG`, or None."""
     labels = []
     for name in names:
-        match = _LABEL_RE.match(name)
+        match = LABELLED_NAME.match(name)
         if match is None or int(match.group(1)) >= 1000:
             return None
         labels.append(int(match.group(1)))
@@ -108,16 +104,8 @@ def calibration_views(sources: np.ndarray | list, size: int, count: int,
     """`count` random crops and flips of a few photos, for calibrating when only a
     handful of photos is at hand: varied views cover activation ranges better than
     repeating the same images. Each source is an HxWx3 array or a path."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
-    pictures = []
-    for source in sources:
-        if isinstance(source, (str, os.PathLike)):
-            with Image.open(source) as img:
-                pictures.append(np.asarray(img.convert("RGB")))
-        else:
-            pictures.append(np.asarray(source))
+    pictures = [read_image(source) for source in sources]
     if not pictures:
         raise ValueError("calibration_views needs at least one photo")
     views = []

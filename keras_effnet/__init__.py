@@ -11,10 +11,12 @@ Named variants (B0-B7, Lite0-4, EdgeTPU-S/M/L) equal the published models;
 from keras_effnet.gradcam import cam, overlay, save_cam
 from keras_effnet.layers import Normalization
 from keras_effnet.preprocessing import (
+    ImageReadError,
     decode_predictions,
     imagenet_classes,
     load_image,
     preprocess_input,
+    read_image,
 )
 from keras_effnet.profiling import ModelProfile, profile
 from keras_effnet.scaling import compound_coefficients, flops_multiplier, plan_blocks
@@ -60,6 +62,7 @@ __all__ = [
     "EfficientNetLite2",
     "EfficientNetLite3",
     "EfficientNetLite4",
+    "ImageReadError",
     "ModelProfile",
     "Normalization",
     "StageSpec",
@@ -76,6 +79,7 @@ __all__ = [
     "plan_blocks",
     "preprocess_input",
     "profile",
+    "read_image",
     "save_cam",
     "variant_names",
 ]

@@ -21,12 +21,11 @@ from keras_effnet.blocks import (
     same_padding,
 )
 from keras_effnet.layers import BatchNormalization, Normalization
-from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
+from keras_effnet.scaling import MIN_INPUT_SIZE, head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VariantSpec
 
-__all__ = ["MIN_INPUT_SIZE", "build_efficientnet"]
+__all__ = ["build_efficientnet"]
 
-MIN_INPUT_SIZE = 32  # five stride-2 reductions: 32 px leaves a 1x1 feature map
 
 
 def _check_weights_arg(weights) -> None:

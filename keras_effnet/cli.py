@@ -354,8 +354,13 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
     if len(argv) < 2 or argv[1] not in _COMMANDS:
         raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
+    from keras_effnet.preprocessing import ImageReadError
+
     try:
         return _COMMANDS[argv[1]](argv[2:])
+    except ImageReadError as exc:  # a photo that cannot be read: one line, exit 1
+        print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileExistsError) as exc:  # bad input: one clear line, no traceback
         print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
         return 2

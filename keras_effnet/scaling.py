@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from keras_effnet.specs import StageSpec, VariantSpec
 
 __all__ = [
+    "MIN_INPUT_SIZE",
     "BlockPlan",
     "compound_coefficients",
     "flops_multiplier",
@@ -24,6 +25,7 @@ __all__ = [
     "stem_filters",
 ]
 
+MIN_INPUT_SIZE = 32  # five stride-2 reductions: 32 px leaves a 1x1 feature map
 DEPTH_DIVISOR = 8  # paper / keras.applications: channel counts are multiples of 8
 
 
@@ -70,7 +72,7 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 def round_resolution(resolution: float) -> int:
     """Nearest multiple of 4, as every published EfficientNet size is (224 ... 600)."""
-    return max(32, round(resolution / 4.0) * 4)
+    return max(MIN_INPUT_SIZE, round(resolution / 4.0) * 4)
 
 
 @dataclass(frozen=True)

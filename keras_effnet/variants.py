@@ -7,7 +7,7 @@ import dataclasses
 import keras
 
 from keras_effnet.builder import build_efficientnet
-from keras_effnet.scaling import compound_coefficients, round_resolution
+from keras_effnet.scaling import MIN_INPUT_SIZE, compound_coefficients, round_resolution
 from keras_effnet.specs import VARIANTS, get_variant
 
 __all__ = [
@@ -211,8 +211,9 @@ def EfficientNet(
         res_mult = resolution_coefficient
     pixels = resolution if resolution is not None else round_resolution(
         base_variant.resolution * res_mult)
-    if not isinstance(pixels, int) or pixels < 32:
-        raise ValueError(f"resolution must be an int of at least 32 pixels, got {pixels!r}")
+    if not isinstance(pixels, int) or pixels < MIN_INPUT_SIZE:
+        raise ValueError(f"resolution must be an int of at least {MIN_INPUT_SIZE} pixels, "
+                         f"got {pixels!r}")
 
     label = f"d{depth * base_variant.depth:.4g}-w{width * base_variant.width:.4g}-r{pixels}"
     variant = dataclasses.replace(

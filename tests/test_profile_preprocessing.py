@@ -75,7 +75,8 @@ def test_load_image_centre_crop(tmp_path, skimage_photos):
     with pytest.raises(ValueError, match="no image file"):
         ke.load_image(str(tmp_path / "missing.jpg"), 224)
     with pytest.raises(ValueError, match="HxWx3"):
-        ke.load_image(np.zeros((5, 5)), 224)
+        ke.load_image(np.zeros((5, 5, 2)), 224)
+    assert ke.load_image(np.zeros((5, 5)), 8).shape == (8, 8, 3)  # grayscale is an image too
 
 
 def test_preprocess_input_variants():
@@ -86,3 +87,85 @@ def test_preprocess_input_variants():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="channels_last"):
         ke.preprocess_input(x, data_format="channels_first")
+
+
+# --- photos as users have them (issue 15, item 2) ---------------------------------------------
+
+def _save(array, path, **kwargs):
+    from PIL import Image
+
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def _orientation(value: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = value  # Orientation
+    return exif.tobytes()
+
+
+def test_exif_orientation_is_applied(tmp_path, skimage_photos):
+    """A phone stores the pixels sideways plus a tag: the loader shows the photo upright.
+    PNG keeps it lossless, so upright means equal."""
+    cat = skimage_photos["chelsea"]
+    sideways = np.rot90(cat, k=1)  # pixels as stored; tag 6 says "turn 90 degrees clockwise"
+    path = _save(np.ascontiguousarray(sideways), tmp_path / "phone.png", exif=_orientation(6))
+    np.testing.assert_array_equal(ke.read_image(path), cat)
+    np.testing.assert_array_equal(ke.load_image(path, 64), ke.load_image(cat, 64))
+    jpeg = _save(np.ascontiguousarray(sideways), tmp_path / "phone.jpg", exif=_orientation(6),
+                 quality=95)
+    assert ke.read_image(jpeg).shape == cat.shape
+    assert np.abs(ke.read_image(jpeg).astype(int) - cat).mean() < 3
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path, skimage_photos):
+    gray = np.asarray(skimage_photos["chelsea"]).mean(axis=-1).round().astype(np.uint8)
+    path = _save(gray.astype(np.uint16) * 257, tmp_path / "scan16.png")
+    loaded = ke.read_image(path)
+    assert loaded.shape == gray.shape + (3,) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], gray)  # was all 255: clipped to white
+    np.testing.assert_array_equal(ke.read_image(gray), np.repeat(gray[..., None], 3, -1))
+    from PIL import Image
+
+    Image.fromarray(gray.astype(np.float32) / 255.0, mode="F").save(tmp_path / "f.tiff")
+    assert np.abs(ke.read_image(tmp_path / "f.tiff")[..., 0].astype(int) - gray).max() <= 1
+
+
+def test_transparency_palette_and_cmyk(tmp_path, skimage_photos):
+    from PIL import Image
+
+    cat = skimage_photos["chelsea"]
+    rgba = np.dstack([cat, np.full(cat.shape[:2], 255, np.uint8)])
+    rgba[:40, :, 3] = 0  # a transparent band: white, as a viewer shows it
+    loaded = ke.read_image(_save(rgba, tmp_path / "alpha.png"))
+    assert (loaded[:40] == 255).all() and np.array_equal(loaded[40:], cat[40:])
+    Image.fromarray(cat).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(cat).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    # PIL's default palette is the 216-colour web palette: close, not equal
+    for name, error in (("palette.png", 20), ("cmyk.jpg", 12)):
+        image = ke.read_image(tmp_path / name)
+        assert image.shape == cat.shape and np.abs(image.astype(int) - cat).mean() < error, name
+
+
+def test_unreadable_and_oversized_images_are_one_clear_error(tmp_path):
+    from PIL import Image
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 400 M pixels, 50 kB
+    with pytest.raises(ke.ImageReadError, match="too large to open safely"):
+        ke.read_image(tmp_path / "bomb.png")
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    with pytest.raises(ValueError, match="could not read .*notes.jpg.* as an image"):
+        ke.load_image(tmp_path / "notes.jpg", 32)
+    with pytest.raises(ke.ImageReadError, match="expected an HxW, HxWx3 or HxWx4"):
+        ke.read_image(np.zeros((4, 4, 2)))
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "keras_effnet.cli", "classify",
+                             str(tmp_path / "bomb.png")], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "keras-effnet classify: error: ") and "too large to open safely" in result.stderr

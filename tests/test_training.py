@@ -490,3 +490,33 @@ def test_randaugment_changes_training_images_only(folder):
     evaluated = next(iter(training.eval_dataset(found, 32, batch=8)))[0].numpy()
     again = next(iter(training.eval_dataset(found, 32, batch=8)))[0].numpy()
     np.testing.assert_array_equal(evaluated, again)  # evaluation is deterministic
+
+
+def test_one_class_folder_is_refused(tmp_path, class_folder):
+    import shutil
+
+    shutil.copytree(class_folder / "cat", tmp_path / "only" / "cat")
+    with pytest.raises(ValueError, match="has one class \\('cat'\\): a classifier needs at "
+                                         "least 2 classes"):
+        training.scan_folder(tmp_path / "only")
+
+
+def test_training_pipeline_reads_photos_as_users_have_them(tmp_path, skimage_photos):
+    """The folder pipeline decodes through keras_effnet.read_image: a sideways phone photo
+    with its EXIF tag arrives upright, a 16-bit scan is not white."""
+    from PIL import Image
+
+    cat = skimage_photos["chelsea"]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(cat))).save(tmp_path / "a" / "phone.png",
+                                                              exif=exif.tobytes())
+    Image.fromarray(cat).save(tmp_path / "b" / "upright.png")
+    gray = cat.mean(axis=-1).round().astype(np.uint16) * 257
+    Image.fromarray(gray).save(tmp_path / "c" / "scan.png")
+    found = training.scan_folder(tmp_path)
+    images = next(iter(training.eval_dataset(found, 64, batch=3)))[0].numpy()
+    np.testing.assert_array_equal(images[0], images[1])  # the phone photo arrives upright
+    assert 60 < images[2].mean() < 200  # was 255 everywhere: clipped

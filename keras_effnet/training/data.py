@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 
 from absl import logging
+
+from keras_effnet.preprocessing import CROP_PADDING, IMAGE_SUFFIXES, LABELLED_NAME
 
 __all__ = [
     "DECODABLE_SUFFIXES",
@@ -38,10 +39,8 @@ __all__ = [
     "train_dataset",
 ]
 
-DECODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # tf.io.decode_image's formats
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
-_FLAT_LABEL = re.compile(r"^(\d+)_")
-CROP_PADDING = 32  # tensorflow/tpu preprocessing: eval crop size / (size + 32)
+DECODABLE_SUFFIXES = IMAGE_SUFFIXES  # what keras_effnet.read_image reads
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")  # RIFF: WebP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +70,7 @@ def _unreadable(path: Path) -> str | None:
     if not head:
         return "empty file"
     if not head.startswith(_MAGIC):
-        return "not a JPEG, PNG, GIF or BMP image"
+        return "not a JPEG, PNG, GIF, BMP or WebP image"
     return None
 
 
@@ -93,13 +92,13 @@ def scan_folder(folder: str | os.PathLike) -> ImageFolder:
                            if p.suffix.lower() in DECODABLE_SUFFIXES]
     else:
         flat = sorted(p for p in root.iterdir() if p.suffix.lower() in DECODABLE_SUFFIXES)
-        unlabelled = [p.name for p in flat if not _FLAT_LABEL.match(p.name)]
+        unlabelled = [p.name for p in flat if not LABELLED_NAME.match(p.name)]
         if unlabelled:
             raise ValueError(
                 f"{str(root)!r} has no class sub-folders and {len(unlabelled)} image name(s) "
                 f"without a leading class index (e.g. {unlabelled[0]!r}); expected "
                 "<root>/<class>/<image> or names like 207_n02099601_golden.JPEG")
-        candidates = [(p, str(int(_FLAT_LABEL.match(p.name).group(1)))) for p in flat]
+        candidates = [(p, str(int(LABELLED_NAME.match(p.name).group(1)))) for p in flat]
         class_names = sorted({label for _, label in candidates}, key=int)
     files, labels, skipped = [], [], []
     index = {name: i for i, name in enumerate(class_names)}
@@ -118,6 +117,10 @@ def scan_folder(folder: str | os.PathLike) -> ImageFolder:
             f"data folder {str(root)!r} has no readable images "
             f"({len(skipped)} unreadable); expected {', '.join(DECODABLE_SUFFIXES)} files in "
             "one sub-folder per class")
+    if len(class_names) < 2:
+        raise ValueError(
+            f"data folder {str(root)!r} has one class ({class_names[0]!r}): a classifier "
+            "needs at least 2 classes, one sub-folder of images each")
     used = sorted(set(labels))
     if class_dirs and len(used) < len(class_names):
         empty = [class_names[i] for i in range(len(class_names)) if i not in set(used)]
@@ -153,9 +156,16 @@ def split(folder: ImageFolder, fraction: float, seed: int = 0) -> tuple[ImageFol
 
 
 def _decode(contents):
+    """Encoded bytes -> (H, W, 3) uint8 through `keras_effnet.read_image`, the loader
+    everything else uses: EXIF orientation, 16-bit and transparent images as a person
+    sees them (tf.io.decode_image does neither). A file it cannot read fails this
+    element, which the pipeline drops."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    from keras_effnet.preprocessing import read_image
+
+    image = tf.numpy_function(lambda data: read_image(bytes(data)), [contents], tf.uint8,
+                              stateful=False)
     image.set_shape([None, None, 3])
     return image
 
