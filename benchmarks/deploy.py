@@ -58,7 +58,7 @@ def _finetuned(size: int):
     keras.utils.set_random_seed(0)
     crops, labels = [], []
     for index, photo in enumerate(USER_CLASSES.values()):
-        views = calibration_views([getattr(skimage.data, photo)()], size, 24, seed=index)
+        views = calibration_views([getattr(skimage.data, photo)()], size, 40, seed=index)
         crops.append(views)
         labels += [index] * len(views)
     images, labels = np.concatenate(crops), np.array(labels)
@@ -70,7 +70,7 @@ def _finetuned(size: int):
     training.freeze_backbone(model)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.loss(),
                   metrics=["accuracy"])
-    model.fit(images[train], keras.utils.to_categorical(labels[train], 3), epochs=4,
+    model.fit(images[train], keras.utils.to_categorical(labels[train], 3), epochs=10,
               batch_size=8, verbose=0)
     model.class_names = tuple(USER_CLASSES)
     return model, images[held], labels[held]

@@ -1,6 +1,7 @@
 """The benchmark scripts: missing peers and results are reported, not tracebacks."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -92,3 +93,35 @@ def test_throughput_one_variant(tmp_path):
     for owner in ("ours", "keras"):
         memory = row["memory"][owner]
         assert memory["inference_rss_mb"] >= memory["build_rss_mb"] > memory["import_rss_mb"] > 0
+
+
+# measured quantities: a number with a unit of time, speed, size, loss or share, or "N.Nx"
+_MEASURED = re.compile(r"\d+(?:\.\d+)?\s?(?:ms\b|%|dB\b|MB\b|GB\b|img/s|images/s)"
+                       r"|\b\d+\.\d+x\b|\bx\s?\d+\.\d+\b")
+# facts from the paper and tensorflow/tpu's recipe, not measurements of ours
+_FACTS = ("x0.97 every 2.4 epochs", "Inception crop (8-100% area)")
+
+
+def _readme_outside_generated_blocks(text: str) -> list[str]:
+    outside = re.sub(r"<!-- (\w+):start -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    return outside.splitlines()
+
+
+def test_every_readme_figure_comes_from_a_generated_block():
+    """README numbers are written by benchmarks/ scripts between <!-- NAME:start/end -->
+    markers; a measured figure typed anywhere else fails here."""
+    lines = _readme_outside_generated_blocks((REPO / "README.md").read_text())
+    typed = [line for line in lines if _MEASURED.search(line)
+             and not any(fact in line for fact in _FACTS)]
+    assert not typed, "figures typed by hand in README.md:\n" + "\n".join(typed)
+    # the check sees a typed figure when there is one
+    assert _MEASURED.search("| float32 | 100% | 90.0% | 114.3 | 10.6 ms |")
+    assert _MEASURED.search("B0 trains 1.7x keras.applications' speed")
+
+
+def test_readme_blocks_have_their_results_file():
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"<!-- (\w+):start -->", text)
+    assert blocks
+    for name in blocks:
+        assert (REPO / "benchmarks" / "results" / f"{name}.md").exists(), name

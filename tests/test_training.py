@@ -22,6 +22,7 @@ from conftest import REPO
 
 import keras_effnet as ke
 from keras_effnet import training
+from keras_effnet.training import recipe
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 ARCH = ["--model", "b0", "--phi=-4", "--image_size", "32", "--nojit_compile"]
@@ -520,3 +521,52 @@ def test_training_pipeline_reads_photos_as_users_have_them(tmp_path, skimage_pho
     images = next(iter(training.eval_dataset(found, 64, batch=3)))[0].numpy()
     np.testing.assert_array_equal(images[0], images[1])  # the phone photo arrives upright
     assert 60 < images[2].mean() < 200  # was 255 everywhere: clipped
+
+
+def test_base_phi_shrinks_the_baseline_resolution_too():
+    from keras_effnet.training.search import SearchConfig, baseline_size
+
+    # 224 x 1.15^-4 = 128.1: resolution follows depth and width down (paper coefficients)
+    assert baseline_size(SearchConfig(data="d", out="o", base_phi=-4)) == 128
+    assert baseline_size(SearchConfig(data="d", out="o")) == 224
+    assert baseline_size(SearchConfig(data="d", out="o", base_phi=-4, image_size=64)) == 64
+
+
+def _saved_state(directory, model):
+    from keras_effnet.training import checkpoint
+
+    meta = {"global_step": 3, "model_arrays": len(model.get_weights()),
+            "optimizer_arrays": len(model.optimizer.variables)}
+    return checkpoint.save_state(str(directory), model, meta)
+
+
+@pytest.mark.parametrize("other", ["no_ema", "classes"])
+def test_refused_checkpoint_leaves_the_model_untouched(tmp_path, other):
+    """A checkpoint from another recipe (no EMA: fewer optimizer variables) or another
+    head (4 classes) is refused before anything is assigned: the model keeps its weights."""
+    from keras_effnet.training import checkpoint
+
+    keras.utils.set_random_seed(0)
+    saved = _tiny()
+    recipe.compile_recipe(saved, 8, 10, ema=True)
+    saved.optimizer.build(saved.trainable_variables)
+    _saved_state(tmp_path, saved)
+    keras.utils.set_random_seed(1)
+    model = _tiny(classes=4 if other == "classes" else 3)
+    recipe.compile_recipe(model, 8, 10, ema=other != "no_ema")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="different recipe|does not fit this model"):
+        checkpoint.restore(str(tmp_path), model)
+    after = model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_stale_partial_checkpoints_are_swept(tmp_path):
+    model = _tiny()
+    recipe.compile_recipe(model, 8, 10)
+    model.optimizer.build(model.trainable_variables)
+    stale = tmp_path / "state.npz.tmp-123"
+    stale.write_bytes(b"half a checkpoint from a killed run")
+    _saved_state(tmp_path, model)
+    assert not stale.exists() and (tmp_path / "state.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]

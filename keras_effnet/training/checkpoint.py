@@ -53,6 +53,8 @@ def save_state(directory: str, model: keras.Model, meta: dict) -> str:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = f"{directory}/{STATE_FILE}"
+    for stale in gfile.glob(f"{path}.tmp-*"):  # left by a run killed mid-write
+        gfile.remove(stale)
     temporary = f"{path}.tmp-{int(time.time() * 1e6)}"
     with gfile.GFile(temporary, "wb") as handle:
         handle.write(buffer.getvalue())
@@ -80,6 +82,8 @@ def restore(directory: str, model: keras.Model, expect: dict | None = None) -> d
     `expect` lists meta values that must match (global batch, steps per
     epoch, model name): resuming with another batch would replay a different
     order of images, so that is refused with a message rather than guessed.
+    All or nothing: every check runs before the first value is assigned, so a
+    refused checkpoint leaves the model and its optimizer as they were.
     """
     state = load_state(directory)
     if state is None:
@@ -91,7 +95,6 @@ def restore(directory: str, model: keras.Model, expect: dict | None = None) -> d
                 f"the checkpoint in {directory} was written with {key}={meta.get(key)!r}, this "
                 f"run has {key}={value!r}; run with the same settings to resume, or give a new "
                 "--out to start over")
-    model.set_weights(weights)
     optimizer = model.optimizer
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
@@ -101,6 +104,16 @@ def restore(directory: str, model: keras.Model, expect: dict | None = None) -> d
             f"the checkpoint in {directory} holds {len(values)} optimizer variables, the "
             f"optimizer here has {len(variables)}: it was written by a different recipe "
             "(EMA, mixed precision or trainable layers differ); use a new --out")
+    ours = [tuple(w.shape) for w in model.weights] + [tuple(v.shape) for v in variables]
+    theirs = [tuple(np.shape(a)) for a in list(weights) + list(values)]
+    if ours != theirs:
+        first = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b) \
+            if len(ours) == len(theirs) else min(len(ours), len(theirs))
+        raise ValueError(
+            f"the checkpoint in {directory} does not fit this model: array {first} has shape "
+            f"{theirs[first] if first < len(theirs) else 'none'}, the model's "
+            f"{ours[first] if first < len(ours) else 'none'}; use a new --out")
+    model.set_weights(weights)
     for variable, value in zip(variables, values):
         variable.assign(value)
     return meta

@@ -37,7 +37,7 @@ from keras_effnet.scaling import compound_coefficients, flops_multiplier, round_
 from keras_effnet.specs import get_variant
 from keras_effnet.training.trainer import TrainConfig, _write_json, train
 
-__all__ = ["SearchConfig", "candidate_grid", "search"]
+__all__ = ["SearchConfig", "baseline_size", "candidate_grid", "search"]
 
 PAPER_COEFFICIENTS = (1.2, 1.1, 1.15)  # paper section 4: B0's grid-search result
 
@@ -70,7 +70,7 @@ class SearchConfig:
     base: str = "b0"
     phi: float = 1.0
     base_phi: float = 0.0  # shrink the baseline first (paper coefficients), for small budgets
-    image_size: int | None = None  # the baseline's resolution (default: the variant's)
+    image_size: int | None = None  # the baseline's resolution (default: baseline_size)
     candidates: list[tuple[float, float, float]] | None = None  # default: candidate_grid()
     grid_step: float = 0.1
     grid_max: float = 1.4
@@ -105,6 +105,15 @@ def _candidates(config: SearchConfig) -> list[tuple[float, float, float]]:
     if config.max_candidates:
         chosen = chosen[:config.max_candidates]
     return chosen
+
+
+def baseline_size(config: SearchConfig) -> int:
+    """The baseline's resolution: `image_size` when given, else the variant's shrunk by
+    base_phi with the paper's gamma, like its depth and width."""
+    if config.image_size:
+        return config.image_size
+    _, _, resolution = compound_coefficients(config.base_phi, *PAPER_COEFFICIENTS)
+    return round_resolution(get_variant(config.base).resolution * resolution)
 
 
 def _train_config(config: SearchConfig, candidate, base_size: int) -> TrainConfig:
@@ -214,7 +223,7 @@ def search(config: SearchConfig) -> dict:
     scan_folder(config.data)  # a missing or empty folder fails before any model is built
     if config.val_data:
         scan_folder(config.val_data)
-    base_size = config.image_size or get_variant(config.base).resolution
+    base_size = baseline_size(config)
     candidates = _candidates(config)
     evaluated_on = config.val_data or (f"{config.val_split:.0%} held out of {config.data}"
                                        if config.val_split else
