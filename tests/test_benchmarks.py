@@ -1,8 +1,8 @@
 """The benchmark scripts: missing peers and results are reported, not tracebacks."""
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,7 +103,7 @@ _FACTS = ("x0.97 every 2.4 epochs", "Inception crop (8-100% area)")
 
 
 def _readme_outside_generated_blocks(text: str) -> list[str]:
-    outside = re.sub(r"<!-- (\w+):start -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    outside = re.sub(r"<!-- (\w+):start -->.*?<!-- \1:end -->", "", text, flags=re.DOTALL)
     return outside.splitlines()
 
 
