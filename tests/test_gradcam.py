@@ -74,7 +74,7 @@ def test_bad_input(lite0):
     with pytest.raises(ValueError, match="outside the model's 1000 outputs"):
         ke.cam(lite0, np.zeros((224, 224, 3)), class_index=1000)
     with pytest.raises(ValueError, match="HxWx3"):
-        ke.cam(lite0, np.zeros((224, 300)))
+        ke.cam(lite0, np.zeros((224, 300, 2)))
     with pytest.raises(ValueError, match="fixed image input"):
         ke.cam(ke.build("lite0", weights=None, include_top=False), np.zeros((224, 224, 3)))
     with pytest.raises(ValueError, match="no image file"):
@@ -121,5 +121,6 @@ def test_cli_writes_png(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "keras_effnet.cli", "cam", "nope.jpg", "--out",
                           str(tmp_path / "x.png")], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=300)
-    assert bad.returncode == 2 and "no image file at 'nope.jpg'" in bad.stderr
+    # a photo that cannot be read is exit 1 (keras_effnet.ImageReadError), like a bad download
+    assert bad.returncode == 1 and "no image file at 'nope.jpg'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.png").exists()
