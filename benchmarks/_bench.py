@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from keras_effnet.export._atomic import atomic_output
+from keras_effnet.files import write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -158,9 +158,7 @@ def write_results(name: str, data: dict, markdown: list[str], out: pathlib.Path)
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(data, indent=2, default=_plain)),
                          (".md", "\n".join(markdown) + "\n")):
-        target = out / f"{name}{suffix}"
-        with atomic_output(target, overwrite=True) as partial:
-            partial.write_text(text)
+        write_text(out / f"{name}{suffix}", text)
     print(f"wrote {out / name}.json and {out / name}.md")
 
 
@@ -185,8 +183,7 @@ def update_readme(name: str, markdown: str, readme: pathlib.Path = REPO / "READM
     if start not in text or end not in text:
         return False
     head, rest = text.split(start, 1)
-    with atomic_output(readme, overwrite=True) as partial:
-        partial.write_text(head + start + "\n" + markdown.rstrip("\n") + "\n" + end +
-                           rest.split(end, 1)[1])
+    write_text(readme, head + start + "\n" + markdown.rstrip("\n") + "\n" + end +
+               rest.split(end, 1)[1])
     print(f"updated the {name} block in {readme.name}")
     return True

@@ -29,6 +29,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from keras_effnet.files import atomic_output, write_json
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 CACHE_NAME = "b0_distilled_from_lite0.weights.h5"
@@ -163,11 +165,9 @@ def load_or_distil(steps: int = 400, batch: int = 16, log=print):
             log(f"distilled B0 proxy loaded from {path}")
             return model, record
     model, record = distil(steps, batch, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}.weights.h5")
-    model.save_weights(partial)
-    os.replace(partial, path)
-    meta.write_text(json.dumps(record, indent=2))
+    with atomic_output(path, overwrite=True, suffix=".weights.h5") as partial:
+        model.save_weights(str(partial))
+    write_json(meta, record)
     log(f"distilled B0 proxy cached at {path}")
     return model, record
 

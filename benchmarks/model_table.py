@@ -15,13 +15,14 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import _bench
 from absl import app, flags
+
+from keras_effnet.files import write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -125,13 +126,6 @@ def _markdown(rows, top1, images) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv):
     del argv
     import keras_effnet as ke
@@ -162,9 +156,9 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "lite_top1": top1, "images": str(images) if top1 else None,
               "seconds": round(time.time() - start, 1)}
-    _write(out / "model_table.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "model_table.json", json.dumps(result, indent=2) + "\n")
     table_md = _markdown(rows, top1, images.name if images else "")
-    _write(out / "model_table.md", table_md)
+    write_text(out / "model_table.md", table_md)
     print(f"wrote {out / 'model_table.json'} and model_table.md ({result['seconds']} s)")
     if FLAGS.update_readme:
         _bench.update_readme("model_table", table_md.split("\n", 2)[2])  # minus the title

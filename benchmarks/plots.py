@@ -23,7 +23,7 @@ import sys
 import _bench
 from absl import app, flags
 
-from keras_effnet.export._atomic import atomic_output
+from keras_effnet.files import atomic_output
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", str(_bench.RESULTS), "folder with the JSON results; PNGs go here")

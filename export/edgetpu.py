@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_effnet.export._atomic import atomic_output, check_destination
 from keras_effnet.export.data import representative_images
 from keras_effnet.export.flatbuffer import OpInfo, read_model
 from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.tflite import convert, input_size, parse_se
+from keras_effnet.files import check_destination, write_bytes
 
 __all__ = [
     "EDGETPU_OPS",
@@ -314,8 +314,7 @@ def _run_compiler(compiler: str, path: Path, overwrite: bool) -> tuple[dict, Pat
         produced = Path(out) / compiled.name
         if not produced.exists():
             raise RuntimeError(f"edgetpu_compiler wrote no {compiled.name}:\n{run.stdout}")
-        with atomic_output(compiled, overwrite) as tmp:
-            shutil.copyfile(produced, tmp)
+        write_bytes(compiled, produced.read_bytes(), overwrite)
     return parse_compiler_log(text), compiled
 
 
@@ -349,8 +348,7 @@ def to_edgetpu(model, path: str | os.PathLike, representative_data, se="keep", *
         raise EdgeTPUMappingError(
             f"strict=True: {report.on_cpu} of {len(report.ops)} ops would run on the CPU, so "
             f"nothing was written.\n{report.summary()}\nTry se='hard+pool' for SE models.")
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_bytes(content)
+    write_bytes(path, content, overwrite)
     found = shutil.which(compiler) if compiler else None
     if found:
         report.compiler, compiled = _run_compiler(found, path, overwrite)

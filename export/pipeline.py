@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from keras_effnet.export._atomic import atomic_output
 from keras_effnet.export.data import (
     MIN_CALIBRATION_IMAGES,
     bundled_photos,
@@ -27,6 +25,7 @@ from keras_effnet.export.saved_model import export_saved_model
 from keras_effnet.export.se import parse_se
 from keras_effnet.export.tflite import MODES, input_size, to_tflite
 from keras_effnet.export.verify import format_runtime_table, format_table, keras_outputs, verify
+from keras_effnet.files import write_json
 
 __all__ = ["FORMATS", "TARGETS", "artifact_name", "calibration_set", "export_all",
            "target_formats"]
@@ -133,9 +132,7 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
         log("")
         log(edgetpu.summary())
     report["verify"] = {name: [r.to_dict() for r in rows] for name, rows in results.items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir / "export_report.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=_jsonable))
+    write_json(out_dir / "export_report.json", report, default=_jsonable)
     return report
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import keras
 
-from keras_effnet.export._atomic import atomic_output, check_destination
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
+from keras_effnet.files import check_destination, write_bytes
 
 __all__ = ["qat_to_tflite", "quantize_aware", "to_tf_keras"]
 
@@ -217,6 +217,5 @@ def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
         content = converter.convert()
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_bytes(content)
+    write_bytes(path, content, overwrite)
     return path

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from keras_effnet.export._atomic import atomic_output, check_destination
+from keras_effnet.files import atomic_output, check_destination
 from keras_effnet.preprocessing import CROP_PADDING
 
 __all__ = ["BYTES_SIGNATURE", "decode_and_crop", "export_saved_model", "logits_model"]

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_effnet.export._atomic import atomic_output, check_destination
 from keras_effnet.export.data import batches_of_one, representative_images
 from keras_effnet.export.flatbuffer import read_model
 from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import apply_se_strategy, find_se_blocks, parse_se
+from keras_effnet.files import check_destination, write_bytes
 
 __all__ = ["MODES", "QUANTIZED_MODES", "convert", "input_size", "to_tflite"]
 
@@ -174,6 +174,5 @@ def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representat
                       progress=progress, images=images)
     if metadata:
         content = model_metadata(content, model, names)
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_bytes(content)
+    write_bytes(path, content, overwrite)
     return path

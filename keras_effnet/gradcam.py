@@ -13,6 +13,7 @@ code runs on the TensorFlow, JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import io
 import os
 
 import keras
@@ -114,16 +115,17 @@ def save_cam(path: str | os.PathLike, image, heatmap, title: str = "",
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from keras_effnet.export._atomic import atomic_output
+    from keras_effnet.files import write_bytes
 
     figure, axis = plt.subplots(figsize=(5, 5.4), dpi=100)
     axis.imshow(overlay(image, heatmap))
     axis.set_title(title)
     axis.axis("off")
     figure.tight_layout()
-    with atomic_output(path, overwrite=overwrite) as partial:
-        figure.savefig(partial, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
     plt.close(figure)
+    write_bytes(path, png.getvalue(), overwrite)
     return str(path)
 
 

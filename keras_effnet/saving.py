@@ -13,9 +13,13 @@ loads through here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
 import zipfile
+
+from keras_effnet.files import exists, read_bytes, write_bytes, write_text
 
 __all__ = ["CLASS_NAMES_MEMBER", "class_names_in", "load_model", "save_model"]
 
@@ -24,9 +28,8 @@ CLASS_NAMES_MEMBER = "keras_effnet/class_names.json"
 
 def save_model(model, path: str | os.PathLike, class_names=None, *,
                labels_file: bool = True) -> str:
-    """Save `model` to a `.keras` file at `path` (a temporary name, then a rename), with
-    `class_names` inside; also `labels.txt` beside it when `labels_file`."""
-    from keras_effnet.export._atomic import atomic_output
+    """Save `model` to a `.keras` file at `path` (local, `gs://`, `ram://`; whole or not
+    at all), with `class_names` inside; also `labels.txt` beside it when `labels_file`."""
     from keras_effnet.export.metadata import LABELS_FILE, check_labels
 
     path = os.fspath(path)
@@ -34,22 +37,32 @@ def save_model(model, path: str | os.PathLike, class_names=None, *,
         raise ValueError(f"expected a path ending in .keras, got {path!r}")
     classes = model.output_shape[-1]
     names = None if class_names is None else check_labels(class_names, classes, "class_names")
-    with atomic_output(path, overwrite=True) as tmp:
-        temporary = f"{tmp}.keras"  # Keras insists on the suffix
-        model.save(temporary)
+    with tempfile.TemporaryDirectory(prefix="keras_effnet_save_") as folder:
+        local = os.path.join(folder, "model.keras")
+        model.save(local)
         if names is not None:
-            with zipfile.ZipFile(temporary, "a") as archive:
+            with zipfile.ZipFile(local, "a") as archive:
                 archive.writestr(CLASS_NAMES_MEMBER, json.dumps(names))
-        os.replace(temporary, tmp)
+        with open(local, "rb") as handle:
+            write_bytes(path, handle.read())
     if names is not None and labels_file:
-        with atomic_output(os.path.join(os.path.dirname(path), LABELS_FILE), True) as tmp:
-            tmp.write_text("\n".join(names) + "\n", encoding="utf-8")
+        write_text(os.path.join(os.path.dirname(path), LABELS_FILE), "\n".join(names) + "\n")
     return path
+
+
+def _archive(path) -> io.BytesIO:
+    if not exists(path):
+        raise ValueError(f"no model file at {os.fspath(path)!r}: expected a .keras file "
+                         "(keras-effnet train writes OUT/model.keras)")
+    data = io.BytesIO(read_bytes(path))
+    if not zipfile.is_zipfile(data):
+        raise ValueError(f"{os.fspath(path)} is not a .keras archive")
+    return data
 
 
 def class_names_in(path: str | os.PathLike) -> tuple[str, ...] | None:
     """The class names saved inside a `.keras` file, or None."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(_archive(path)) as archive:
         if CLASS_NAMES_MEMBER not in archive.namelist():
             return None
         names = json.loads(archive.read(CLASS_NAMES_MEMBER))
@@ -59,19 +72,18 @@ def class_names_in(path: str | os.PathLike) -> tuple[str, ...] | None:
 
 
 def load_model(path: str | os.PathLike, **kwargs):
-    """`keras.saving.load_model`, plus `model.class_names` (a tuple, or None). The
-    training recipe's optimizer and schedule are registered first, so a model that
-    `keras-effnet train` saved loads compiled."""
+    """`keras.saving.load_model` (local, `gs://`, `ram://`), plus `model.class_names` (a
+    tuple, or None). The training recipe's optimizer and schedule are registered first,
+    so a model that `keras-effnet train` saved loads compiled."""
     import keras
 
     import keras_effnet.training.recipe  # noqa: F401 - registers RMSpropEMA and its schedule
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"no model file at {path!r}: expected a .keras file "
-                         "(keras-effnet train writes OUT/model.keras)")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras archive")
-    model = keras.saving.load_model(path, **kwargs)
+    data = _archive(path)
+    with tempfile.TemporaryDirectory(prefix="keras_effnet_load_") as folder:
+        local = os.path.join(folder, "model.keras")
+        with open(local, "wb") as handle:
+            handle.write(data.getvalue())
+        model = keras.saving.load_model(local, **kwargs)
     model.class_names = class_names_in(path)
     return model

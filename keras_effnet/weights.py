@@ -26,7 +26,6 @@ import importlib
 import io
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import keras
 import numpy as np
 
 from keras_effnet import torch_reader
+from keras_effnet.files import atomic_output
 from keras_effnet.layers import Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VARIANTS, VariantSpec
@@ -433,16 +433,9 @@ def _lite_weights(variant: VariantSpec, cached: str, source: str) -> FileWeights
 
 
 def _save_cache(model: keras.Model, cached: str) -> None:
-    """Write the converted weights as a Keras .weights.h5: to a temp file, then rename."""
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=os.path.dirname(cached))
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, cached)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write the converted weights as a Keras .weights.h5, whole or not at all."""
+    with atomic_output(cached, overwrite=True, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
 
 
 def _unavailable(variant: VariantSpec) -> ValueError:

@@ -570,3 +570,32 @@ def test_stale_partial_checkpoints_are_swept(tmp_path):
     _saved_state(tmp_path, model)
     assert not stale.exists() and (tmp_path / "state.npz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
+
+
+def test_train_writes_to_a_remote_path(folder):
+    """--out through tf.io.gfile: TensorFlow's in-memory filesystem (ram://, in every
+    build) stands in for gs://. The model, its class names, the summary and the
+    checkpoint are all there and read back; nothing is written as a local file."""
+    import uuid
+
+    import tensorflow as tf
+
+    from keras_effnet.saving import load_model
+
+    out = f"ram://run-{uuid.uuid4().hex[:8]}"
+    config = training.TrainConfig(data=str(folder), out=out, model="b0", phi=-4, image_size=32,
+                                  batch=8, epochs=1, steps_per_epoch=2, weights=None,
+                                  jit_compile=False, verbose=0)
+    model, summary = training.train(config)
+    assert summary["final_step"] == 2
+    assert sorted(tf.io.gfile.listdir(out)) == ["checkpoints", "labels.txt", "logs",
+                                                "model.keras", "summary.json"], \
+        tf.io.gfile.listdir(out)
+    saved = json.loads(tf.io.gfile.GFile(f"{out}/summary.json").read())
+    assert saved["final_step"] == 2 and saved["model_path"] == f"{out}/model.keras"
+    loaded = load_model(f"{out}/model.keras", compile=False)
+    assert loaded.class_names == ("cat", "coffee", "rocket")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    assert not [p for p in tf.io.gfile.listdir(out) if ".partial-" in p]

@@ -26,16 +26,17 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import math
-import os
 
 from absl import logging
 
+from keras_effnet.files import exists, makedirs, read_bytes, write_bytes, write_json, write_text
 from keras_effnet.scaling import compound_coefficients, flops_multiplier, round_resolution
 from keras_effnet.specs import get_variant
-from keras_effnet.training.trainer import TrainConfig, _write_json, train
+from keras_effnet.training.trainer import TrainConfig, train
 
 __all__ = ["SearchConfig", "baseline_size", "candidate_grid", "search"]
 
@@ -136,10 +137,9 @@ def _train_config(config: SearchConfig, candidate, base_size: int) -> TrainConfi
 
 def _finished(train_config: TrainConfig) -> dict | None:
     path = f"{train_config.out}/summary.json"
-    if not os.path.exists(path):
+    if not exists(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        summary = json.load(handle)
+    summary = json.loads(read_bytes(path))
     return summary if summary.get("final_step") == summary.get("total_steps") else None
 
 
@@ -189,8 +189,6 @@ def _plot(rows: list[dict], winner: dict, path: str, title: str) -> bool:
         logging.warning("matplotlib is not installed (pip install keras-effnet[plots]): no %s",
                         path)
         return False
-    from keras_effnet.export._atomic import atomic_output
-
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         best = r is winner
@@ -205,9 +203,10 @@ def _plot(rows: list[dict], winner: dict, path: str, title: str) -> bool:
     axes.grid(alpha=0.3)
     figure.text(0.01, 0.01, "labels: alpha/beta/gamma; red: the winner", fontsize=7)
     figure.tight_layout()
-    with atomic_output(path, overwrite=True) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
     plt.close(figure)
+    write_bytes(path, png.getvalue())
     return True
 
 
@@ -215,7 +214,6 @@ def search(config: SearchConfig) -> dict:
     """Train every candidate (or resume), then write and return the table and the winner."""
     import keras
 
-    from keras_effnet.export._atomic import atomic_output
     from keras_effnet.training.data import scan_folder
 
     if config.phi <= 0:
@@ -245,10 +243,9 @@ def search(config: SearchConfig) -> dict:
     result = {"config": dataclasses.asdict(config),
               "evaluated_on": evaluated_on, "candidates": rows, "winner": winner,
               "table": table}
-    os.makedirs(config.out, exist_ok=True)
-    with atomic_output(f"{config.out}/search.md", overwrite=True) as temporary:
-        temporary.write_text(table, encoding="utf-8")
-    _write_json(f"{config.out}/search.json", result)
+    makedirs(config.out)
+    write_text(f"{config.out}/search.md", table)
+    write_json(f"{config.out}/search.json", result)
     title = (f"alpha/beta/gamma search, {config.base} base_phi={config.base_phi:g}, "
              f"phi={config.phi:g}")
     if _plot(rows, winner, f"{config.out}/search.png", title):

@@ -15,13 +15,12 @@ checkpoint every epoch (and every N steps), TensorBoard logs, the final model
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 import warnings
 
 import keras
 
+from keras_effnet.files import atomic_output, makedirs, write_json
 from keras_effnet.saving import save_model
 from keras_effnet.training import checkpoint, recipe
 from keras_effnet.training.data import eval_dataset, scan_folder, split, train_dataset
@@ -112,13 +111,6 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
     if config.unfreeze_blocks:
         unfreeze_top(model, config.unfreeze_blocks)
     return model
-
-
-def _write_json(path: str, payload: dict) -> None:
-    from keras_effnet.export._atomic import atomic_output
-
-    with atomic_output(path, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
 def train(config: TrainConfig) -> tuple[keras.Model, dict]:
@@ -217,14 +209,15 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
         summary["final_eval"] = {k: float(v) for k, v in scores.items()}
     model.class_names = tuple(folder.class_names)  # what an export of it names
     if chief:
-        os.makedirs(config.out, exist_ok=True)
+        makedirs(config.out)
         summary["model_path"] = f"{config.out}/model.keras"
         save_model(model, summary["model_path"], class_names=folder.class_names)
-        _write_json(f"{config.out}/summary.json", summary)
+        write_json(f"{config.out}/summary.json", summary)
     else:  # the other workers' copies, to check that they agree with the chief's
         index = worker_info()[0]
         folder = f"{config.out}/workers/{index}"
-        os.makedirs(folder, exist_ok=True)
-        model.save_weights(f"{folder}/model.weights.h5", overwrite=True)
-        _write_json(f"{folder}/summary.json", summary)
+        makedirs(folder)
+        with atomic_output(f"{folder}/model.weights.h5", True, suffix=".weights.h5") as tmp:
+            model.save_weights(str(tmp))
+        write_json(f"{folder}/summary.json", summary)
     return model, summary
