@@ -42,7 +42,6 @@ __all__ = [
     "check_image_classifier",
     "check_labels",
     "class_names_for",
-    "metadata_available",
     "min_parser_version",
     "model_metadata",
     "read_labels",
@@ -174,10 +173,15 @@ def model_metadata(content: bytes, model, class_names: list[str] | None) -> byte
 
 # ---- MediaPipe, with the one missing piece bridged --------------------------------------
 
+def _schema():
+    """MediaPipe's generated Python classes for metadata_schema.fbs."""
+    return importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
+
+
 def min_parser_version(metadata) -> str:
     """The oldest metadata parser that understands every field of `metadata` (a
     ModelMetadataT), by the rules of mediapipe/tasks/cc/metadata/metadata_version.cc."""
-    fb = importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
+    fb = _schema()
     found = [(1, 0, 0)]  # metadata_version.cc: the default version
 
     def files(items):
@@ -220,7 +224,7 @@ def min_parser_version(metadata) -> str:
 
 
 def _bridged_version(buffer: bytes) -> str:
-    fb = importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
+    fb = _schema()
     metadata = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(buffer, 0))
     return min_parser_version(metadata)
 
@@ -241,7 +245,7 @@ def _install_version_bridge() -> None:
 def _mediapipe_metadata():
     """MediaPipe's metadata module, bridging its missing extension when needed."""
     try:
-        importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
+        _schema()
     except ImportError as exc:
         raise MetadataUnavailableError(
             f"writing and reading TFLite metadata needs MediaPipe: {ANDROID_EXTRA} "
@@ -255,14 +259,6 @@ def _mediapipe_metadata():
     return importlib.import_module("mediapipe.tasks.python.metadata.metadata")
 
 
-def metadata_available() -> bool:
-    try:
-        _mediapipe_metadata()
-    except MetadataUnavailableError:
-        return False
-    return True
-
-
 # ---- writing and reading ----------------------------------------------------------------
 
 def add_metadata(content: bytes, labels: list[str] | None, *, name: str, description: str,
@@ -273,7 +269,7 @@ def add_metadata(content: bytes, labels: list[str] | None, *, name: str, descrip
     import flatbuffers
 
     metadata = _mediapipe_metadata()
-    fb = importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
+    fb = _schema()
     graph = read_model(content)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ValueError(f"expected an image classifier with one input and one output, got "
