@@ -158,8 +158,7 @@ def model_metadata(content: bytes, model, class_names: list[str] | None) -> byte
         warnings.warn(f"{model.name} has {model.output_shape[-1]} classes and no class names: "
                       "the .tflite will name no classes (pass labels=, --labels FILE)",
                       stacklevel=3)
-    described = "ImageNet" if model.output_shape[-1] == 1000 and not \
-        getattr(model, "class_names", None) else "your"
+    described = "ImageNet" if class_names == _imagenet_names() else "your"
     description = (f"{model.name}: {model.output_shape[-1]}-class image classifier "
                    f"({described} classes), exported by keras_effnet {__version__}. Input: RGB "
                    "pixels 0-255, centre-cropped and resized to the input size.")

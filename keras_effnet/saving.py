@@ -19,7 +19,7 @@ import os
 import tempfile
 import zipfile
 
-from keras_effnet.files import exists, read_bytes, write_bytes, write_text
+from keras_effnet.files import exists, is_remote, read_bytes, write_bytes, write_text
 
 __all__ = ["CLASS_NAMES_MEMBER", "class_names_in", "load_model", "save_model"]
 
@@ -62,7 +62,11 @@ def _archive(path) -> io.BytesIO:
 
 def class_names_in(path: str | os.PathLike) -> tuple[str, ...] | None:
     """The class names saved inside a `.keras` file, or None."""
-    with zipfile.ZipFile(_archive(path)) as archive:
+    return _class_names(_archive(path), path)
+
+
+def _class_names(data: io.BytesIO, path) -> tuple[str, ...] | None:
+    with zipfile.ZipFile(data) as archive:
         if CLASS_NAMES_MEMBER not in archive.namelist():
             return None
         names = json.loads(archive.read(CLASS_NAMES_MEMBER))
@@ -80,10 +84,13 @@ def load_model(path: str | os.PathLike, **kwargs):
     import keras_effnet.training.recipe  # noqa: F401 - registers RMSpropEMA and its schedule
 
     data = _archive(path)
-    with tempfile.TemporaryDirectory(prefix="keras_effnet_load_") as folder:
-        local = os.path.join(folder, "model.keras")
-        with open(local, "wb") as handle:
-            handle.write(data.getvalue())
-        model = keras.saving.load_model(local, **kwargs)
-    model.class_names = class_names_in(path)
+    if is_remote(path):  # Keras reads local files; the bytes are in memory already
+        with tempfile.TemporaryDirectory(prefix="keras_effnet_load_") as folder:
+            local = os.path.join(folder, "model.keras")
+            with open(local, "wb") as handle:
+                handle.write(data.getvalue())
+            model = keras.saving.load_model(local, **kwargs)
+    else:
+        model = keras.saving.load_model(os.fspath(path), **kwargs)
+    model.class_names = _class_names(data, path)
     return model
