@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from keras_effnet import files
 from keras_effnet.export.data import (
     MIN_CALIBRATION_IMAGES,
     bundled_photos,
@@ -73,7 +75,11 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     (images, labels or None)}) in Keras' place and in the runtimes users ship into,
     print the tables, and write `<out_dir>/export_report.json`. Returns the same data.
     `labels`: the class names the artifacts carry (a list or a file; default: the
-    model's own, or ImageNet's)."""
+    model's own, or ImageNet's).
+
+    `out_dir` may be remote (`gs://...`, any `tf.io.gfile` scheme): the runtimes that
+    verify an artifact read local files, so each is written and verified in a local
+    staging folder, then copied to `out_dir` whole."""
     if target is not None:
         formats = target_formats(target)
     unknown = [f for f in formats if f not in FORMATS]
@@ -82,9 +88,22 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     parse_se(se)
     if target == "android":
         check_image_classifier(model)
-    height, _ = input_size(model)
     names = class_names_for(model, labels)
-    out_dir = Path(out_dir)
+    out_dir = os.fspath(out_dir)
+    if not files.is_remote(out_dir):
+        return _export_to(model, Path(out_dir), formats, se, calibration, eval_sets, overwrite,
+                          runs, progress, log, target, names, publish=None)
+    for fmt in formats:  # refuse before minutes of work, as local exports do
+        files.check_destination(os.path.join(out_dir, artifact_name(model.name, fmt, se)),
+                                overwrite)
+    with tempfile.TemporaryDirectory(prefix="keras-effnet-export-") as stage:
+        return _export_to(model, Path(stage), formats, se, calibration, eval_sets, overwrite,
+                          runs, progress, log, target, names, publish=out_dir)
+
+
+def _export_to(model, out_dir: Path, formats, se, calibration, eval_sets, overwrite, runs,
+               progress, log, target, names, publish: str | None) -> dict:
+    height, _ = input_size(model)
     quantized = {"int8", "uint8", "edgetpu"} & set(formats)
     if quantized and calibration is None:
         calibration = calibration_set(height)
@@ -94,6 +113,7 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     report: dict = {"model": model.name, "se": se, "target": target, "class_names": names,
                     "artifacts": {}, "edgetpu": None}
     results: dict = {name: [] for name in eval_sets}
+    edgetpu = None
     for fmt in formats:
         path = out_dir / artifact_name(model.name, fmt, se)
         start = time.perf_counter()
@@ -107,12 +127,27 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
             to_tflite(model, path, fmt, calibration if fmt in ("int8", "uint8") else None,
                       se=se, overwrite=overwrite, progress=progress, labels=names)
         seconds = time.perf_counter() - start
-        log(f"wrote {path} ({fmt}, se={se}) in {seconds:.0f} s")
-        report["artifacts"][fmt] = {"path": str(path), "export_seconds": round(seconds, 1)}
         for i, (name, (images, truth)) in enumerate(eval_sets.items()):
             result = verify(path, model, images, truth, runs=runs if i == 0 else 0,
                             reference=references[name], name=fmt, class_names=names)
             results[name].append(result)
+        if publish is not None:
+            path = os.path.join(publish, path.name)
+            files.copy(out_dir / os.path.basename(path), path, overwrite)
+        log(f"wrote {path} ({fmt}, se={se}) in {seconds:.0f} s")
+        report["artifacts"][fmt] = {"path": str(path), "export_seconds": round(seconds, 1)}
+    _log_tables(model, se, target, results, eval_sets, edgetpu, log)
+    report["verify"] = {name: [r.to_dict() for r in rows] for name, rows in results.items()}
+    if publish is not None:  # the Edge TPU compiler's log and anything else written beside
+        for extra in sorted(set(os.listdir(out_dir)) - {Path(a["path"]).name
+                                                         for a in report["artifacts"].values()}):
+            files.copy(out_dir / extra, os.path.join(publish, extra), overwrite)
+    write_json(os.path.join(publish or out_dir, "export_report.json"), report,
+               default=_jsonable)
+    return report
+
+
+def _log_tables(model, se, target, results, eval_sets, edgetpu, log) -> None:
     for name, rows in results.items():
         log("")
         log(format_table(rows, f"{model.name}, se={se}: verified on {name} "
@@ -128,12 +163,9 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
         for r in refused:
             log(f"NOT Android-ready: {r.artifact}: "
                 + "; ".join(r.android_problems or [c.summary() for c in r.runtimes.values()]))
-    if report["edgetpu"] is not None:
+    if edgetpu is not None:
         log("")
         log(edgetpu.summary())
-    report["verify"] = {name: [r.to_dict() for r in rows] for name, rows in results.items()}
-    write_json(out_dir / "export_report.json", report, default=_jsonable)
-    return report
 
 
 def _jsonable(value):

@@ -32,6 +32,7 @@ from pathlib import Path
 __all__ = [
     "atomic_output",
     "check_destination",
+    "copy",
     "exists",
     "is_remote",
     "makedirs",
@@ -222,3 +223,20 @@ def write_text(path, text: str, overwrite: bool = True) -> None:
 
 def write_json(path, payload, overwrite: bool = True, **dumps) -> None:
     write_text(path, json.dumps(payload, indent=2, **dumps), overwrite)
+
+
+def copy(source, destination, overwrite: bool = False) -> None:
+    """Copy a local file or folder to `destination` (local or remote) whole or not at all."""
+    source = os.fspath(source)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"nothing to copy: {source} does not exist")
+    with atomic_output(destination, overwrite) as tmp:
+        if os.path.isdir(source):
+            if isinstance(tmp, str):
+                _copy_tree(source, tmp)
+            else:
+                shutil.copytree(source, tmp)
+        elif isinstance(tmp, str):
+            _gfile().copy(source, tmp, overwrite=True)
+        else:
+            shutil.copyfile(source, tmp)

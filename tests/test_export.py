@@ -2,6 +2,7 @@
 safe writes. A small SE model (phi=-4) keeps conversions to a few seconds;
 Lite0 with real weights checks the accuracy promises when ../shared is there."""
 
+import json
 import os
 import signal
 import subprocess
@@ -210,6 +211,35 @@ def test_existing_destination_is_kept_without_overwrite(small, tmp_path):
     kx.to_tflite(small, dest, "float32", overwrite=True)
     assert dest.read_bytes()[4:8] == b"TFL3"
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
+def test_export_all_to_a_remote_folder(small, tmp_path):
+    """`--out gs://...`: TensorFlow's in-memory filesystem (ram://) stands in for a bucket.
+    The artifacts are verified in a local staging folder and arrive whole; the report
+    names the remote paths; an existing remote artifact is refused before any work."""
+    import uuid
+
+    import tensorflow as tf
+
+    out = f"ram://export-{uuid.uuid4().hex[:8]}"
+    report = kx.export_all(small, out, ["float32", "saved_model"], runs=0, progress=False,
+                           log=lambda *_: None)
+    name = small.name
+    assert sorted(tf.io.gfile.listdir(out)) == sorted(
+        [f"{name}_float32.tflite", f"{name}_saved_model", "export_report.json"]), \
+        tf.io.gfile.listdir(out)
+    remote = f"{out}/{name}_float32.tflite"
+    assert report["artifacts"]["float32"]["path"] == remote
+    local = tmp_path / "local.tflite"
+    kx.to_tflite(small, local, "float32", progress=False)
+    assert tf.io.gfile.GFile(remote, "rb").read() == local.read_bytes()
+    assert tf.io.gfile.exists(f"{out}/{name}_saved_model/saved_model.pb")
+    saved = json.loads(tf.io.gfile.GFile(f"{out}/export_report.json").read())
+    assert saved["artifacts"]["saved_model"]["path"] == f"{out}/{name}_saved_model"
+    assert saved["verify"]["photos"][0]["top1_agreement"] == 1.0
+    with pytest.raises(FileExistsError, match="already exists"):
+        kx.export_all(small, out, ["float16", "float32"], runs=0, log=lambda *_: None)
+    assert not tf.io.gfile.exists(f"{out}/{name}_float16.tflite")
 
 
 _KILLED_EXPORT = """
