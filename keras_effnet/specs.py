@@ -29,7 +29,7 @@ FUSED = "fused"
 _KINDS = (MBCONV, FUSED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
     """One stage of identical blocks, before width and depth scaling.
 
@@ -112,19 +112,21 @@ def decode_stages(texts: list[str]) -> tuple[StageSpec, ...]:
     return tuple(StageSpec.decode(t) for t in texts)
 
 
-def _mb(k, s, e, i, o, r, se=0.25):
-    return StageSpec(MBCONV, k, s, e, i, o, r, se)
+def _mb(*, kernel, strides, expand, filters_in, filters_out, repeats, se_ratio=0.25):
+    return StageSpec(kind=MBCONV, kernel_size=kernel, strides=strides, expand_ratio=expand,
+                     filters_in=filters_in, filters_out=filters_out, repeats=repeats,
+                     se_ratio=se_ratio)
 
 
 # paper Table 1: the B0 baseline, 7 MBConv stages after a 32-channel stem.
 B0_STAGES: tuple[StageSpec, ...] = (
-    _mb(3, 1, 1, 32, 16, 1),
-    _mb(3, 2, 6, 16, 24, 2),
-    _mb(5, 2, 6, 24, 40, 2),
-    _mb(3, 2, 6, 40, 80, 3),
-    _mb(5, 1, 6, 80, 112, 3),
-    _mb(5, 2, 6, 112, 192, 4),
-    _mb(3, 1, 6, 192, 320, 1),
+    _mb(kernel=3, strides=1, expand=1, filters_in=32, filters_out=16, repeats=1),
+    _mb(kernel=3, strides=2, expand=6, filters_in=16, filters_out=24, repeats=2),
+    _mb(kernel=5, strides=2, expand=6, filters_in=24, filters_out=40, repeats=2),
+    _mb(kernel=3, strides=2, expand=6, filters_in=40, filters_out=80, repeats=3),
+    _mb(kernel=5, strides=1, expand=6, filters_in=80, filters_out=112, repeats=3),
+    _mb(kernel=5, strides=2, expand=6, filters_in=112, filters_out=192, repeats=4),
+    _mb(kernel=3, strides=1, expand=6, filters_in=192, filters_out=320, repeats=1),
 )
 
 # tensorflow/tpu lite builder: the B0 stages with squeeze-excitation removed
@@ -135,12 +137,18 @@ LITE_STAGES: tuple[StageSpec, ...] = tuple(dataclasses.replace(s, se_ratio=0.0) 
 # stages, MBConv without SE after; the first stage is declared with 24 input
 # channels although the stem gives 32, which sets its expansion to 24 * 4.
 EDGETPU_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(FUSED, 3, 1, 4, 24, 24, 1, id_skip=False),
-    StageSpec(FUSED, 3, 2, 8, 24, 32, 2),
-    StageSpec(FUSED, 3, 2, 8, 32, 48, 4),
-    StageSpec(MBCONV, 5, 2, 8, 48, 96, 5),
-    StageSpec(MBCONV, 5, 1, 8, 96, 144, 4),
-    StageSpec(MBCONV, 5, 2, 8, 144, 192, 2),
+    StageSpec(kind=FUSED, kernel_size=3, strides=1, expand_ratio=4, filters_in=24,
+              filters_out=24, repeats=1, id_skip=False),
+    StageSpec(kind=FUSED, kernel_size=3, strides=2, expand_ratio=8, filters_in=24,
+              filters_out=32, repeats=2),
+    StageSpec(kind=FUSED, kernel_size=3, strides=2, expand_ratio=8, filters_in=32,
+              filters_out=48, repeats=4),
+    StageSpec(kind=MBCONV, kernel_size=5, strides=2, expand_ratio=8, filters_in=48,
+              filters_out=96, repeats=5),
+    StageSpec(kind=MBCONV, kernel_size=5, strides=1, expand_ratio=8, filters_in=96,
+              filters_out=144, repeats=4),
+    StageSpec(kind=MBCONV, kernel_size=5, strides=2, expand_ratio=8, filters_in=144,
+              filters_out=192, repeats=2),
 )
 
 # Input statistics in 0-1 units (the model divides by 255 first).
@@ -152,7 +160,7 @@ INCEPTION_MEAN = (127.0 / 255.0,) * 3
 INCEPTION_STD = (128.0 / 255.0,) * 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VariantSpec:
     """One member of the family. Build one with `dataclasses.replace` on a row
     of `VARIANTS`; an unknown field name raises TypeError."""
@@ -182,46 +190,46 @@ class VariantSpec:
         return f"EfficientNet{suffix}{index}"
 
 
-def _b(i, width, depth, resolution, dropout):
-    return VariantSpec(f"b{i}", f"efficientnetb{i}", "b", width, depth, resolution, dropout,
-                       B0_STAGES, "swish")
+def _b(i, **scaling):
+    return VariantSpec(name=f"b{i}", model_name=f"efficientnetb{i}", family="b",
+                       stages=B0_STAGES, activation="swish", **scaling)
 
 
-def _lite(i, width, depth, resolution, dropout):
-    return VariantSpec(f"lite{i}", f"efficientnetlite{i}", "lite", width, depth, resolution,
-                       dropout, LITE_STAGES, "relu6", scale_stem_head=False,
+def _lite(i, **scaling):
+    return VariantSpec(name=f"lite{i}", model_name=f"efficientnetlite{i}", family="lite",
+                       stages=LITE_STAGES, activation="relu6", scale_stem_head=False,
                        scale_end_repeats=False, input_mean=INCEPTION_MEAN,
-                       input_std=INCEPTION_STD)
+                       input_std=INCEPTION_STD, **scaling)
 
 
-def _edgetpu(size, width, depth, resolution, dropout):
-    return VariantSpec(f"edgetpu-{size}", f"efficientnetedgetpu{size}", "edgetpu", width, depth,
-                       resolution, dropout, EDGETPU_STAGES, "relu", input_mean=INCEPTION_MEAN,
-                       input_std=INCEPTION_STD)
+def _edgetpu(size, **scaling):
+    """`scaling`: width, depth, resolution and dropout, by name (VariantSpec's fields)."""
+    return VariantSpec(name=f"edgetpu-{size}", model_name=f"efficientnetedgetpu{size}",
+                       family="edgetpu", stages=EDGETPU_STAGES, activation="relu",
+                       input_mean=INCEPTION_MEAN, input_std=INCEPTION_STD, **scaling)
 
 
-# (width, depth, resolution, dropout): B0-B7 from keras.applications / paper
-# Table 2 (hand-rounded, not alpha**phi); Lite from the tpu lite builder;
-# EdgeTPU from the tpu edgetpu builder.
+# B0-B7 from keras.applications / paper Table 2 (hand-rounded, not alpha**phi); Lite
+# from the tpu lite builder; EdgeTPU from the tpu edgetpu builder.
 VARIANTS: dict[str, VariantSpec] = {
     v.name: v
     for v in (
-        _b(0, 1.0, 1.0, 224, 0.2),
-        _b(1, 1.0, 1.1, 240, 0.2),
-        _b(2, 1.1, 1.2, 260, 0.3),
-        _b(3, 1.2, 1.4, 300, 0.3),
-        _b(4, 1.4, 1.8, 380, 0.4),
-        _b(5, 1.6, 2.2, 456, 0.4),
-        _b(6, 1.8, 2.6, 528, 0.5),
-        _b(7, 2.0, 3.1, 600, 0.5),
-        _lite(0, 1.0, 1.0, 224, 0.2),
-        _lite(1, 1.0, 1.1, 240, 0.2),
-        _lite(2, 1.1, 1.2, 260, 0.3),
-        _lite(3, 1.2, 1.4, 280, 0.3),
-        _lite(4, 1.4, 1.8, 300, 0.3),
-        _edgetpu("s", 1.0, 1.0, 224, 0.2),
-        _edgetpu("m", 1.0, 1.1, 240, 0.2),
-        _edgetpu("l", 1.2, 1.4, 300, 0.3),
+        _b(0, width=1.0, depth=1.0, resolution=224, dropout=0.2),
+        _b(1, width=1.0, depth=1.1, resolution=240, dropout=0.2),
+        _b(2, width=1.1, depth=1.2, resolution=260, dropout=0.3),
+        _b(3, width=1.2, depth=1.4, resolution=300, dropout=0.3),
+        _b(4, width=1.4, depth=1.8, resolution=380, dropout=0.4),
+        _b(5, width=1.6, depth=2.2, resolution=456, dropout=0.4),
+        _b(6, width=1.8, depth=2.6, resolution=528, dropout=0.5),
+        _b(7, width=2.0, depth=3.1, resolution=600, dropout=0.5),
+        _lite(0, width=1.0, depth=1.0, resolution=224, dropout=0.2),
+        _lite(1, width=1.0, depth=1.1, resolution=240, dropout=0.2),
+        _lite(2, width=1.1, depth=1.2, resolution=260, dropout=0.3),
+        _lite(3, width=1.2, depth=1.4, resolution=280, dropout=0.3),
+        _lite(4, width=1.4, depth=1.8, resolution=300, dropout=0.3),
+        _edgetpu("s", width=1.0, depth=1.0, resolution=224, dropout=0.2),
+        _edgetpu("m", width=1.0, depth=1.1, resolution=240, dropout=0.2),
+        _edgetpu("l", width=1.2, depth=1.4, resolution=300, dropout=0.3),
     )
 }
 

@@ -3,7 +3,14 @@ import dataclasses
 import pytest
 
 from keras_effnet import specs
-from keras_effnet.specs import B0_STAGES, EDGETPU_STAGES, LITE_STAGES, VARIANTS, StageSpec
+from keras_effnet.specs import (
+    B0_STAGES,
+    EDGETPU_STAGES,
+    LITE_STAGES,
+    VARIANTS,
+    StageSpec,
+    VariantSpec,
+)
 
 
 def test_b0_stages_are_paper_table_1():
@@ -46,9 +53,11 @@ def test_bad_stage_string(bad):
 
 def test_stage_rows_validate():
     with pytest.raises(ValueError, match="se_ratio"):
-        StageSpec("fused", 3, 1, 4, 24, 24, 1, se_ratio=0.25)
+        StageSpec(kind="fused", kernel_size=3, strides=1, expand_ratio=4, filters_in=24,
+                  filters_out=24, repeats=1, se_ratio=0.25)
     with pytest.raises(ValueError, match="repeats"):
-        StageSpec("mbconv", 3, 1, 4, 24, 24, 0)
+        StageSpec(kind="mbconv", kernel_size=3, strides=1, expand_ratio=4, filters_in=24,
+                  filters_out=24, repeats=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         B0_STAGES[0].repeats = 3
 
@@ -75,3 +84,16 @@ def test_variant_table_is_complete():
     assert list(VARIANTS) == [f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)] + [
         "edgetpu-s", "edgetpu-m", "edgetpu-l"]
     assert [VARIANTS[f"b{i}"].resolution for i in range(8)] == [224, 240, 260, 300, 380, 456, 528, 600]
+
+
+def test_rows_take_named_fields_only():
+    """A row is written with its field names: a positional row (which silently swaps two
+    numbers) or a misspelt name is a TypeError."""
+    with pytest.raises(TypeError):
+        StageSpec("mbconv", 3, 1, 6, 16, 24, 2)  # the positional form must fail
+    b0 = VARIANTS["b0"]
+    with pytest.raises(TypeError):
+        VariantSpec("x", "x", "b", 1.0, 1.0, 224, 0.2, B0_STAGES, "swish")
+    with pytest.raises(TypeError):
+        VariantSpec(**{**dataclasses.asdict(b0), "stages": b0.stages, "resolutoin": 1})
+    assert VariantSpec(**{f.name: getattr(b0, f.name) for f in dataclasses.fields(b0)}) == b0
