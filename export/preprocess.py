@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_effnet import graph
+
 __all__ = ["fold_preprocessing", "preprocessing_chain"]
 
 
@@ -28,13 +30,12 @@ def preprocessing_chain(model: keras.Model) -> list:
     chain = []
     tensor = model.inputs[0] if len(model.inputs) == 1 else None
     while tensor is not None:
-        consumers = [layer for layer in model.layers if layer._inbound_nodes and any(
-            t is tensor for node in layer._inbound_nodes for t in node.input_tensors)]
+        consumers = graph.consumers(model, tensor)
         if len(consumers) != 1 or not _is_affine(consumers[0]) or \
-                len(consumers[0]._inbound_nodes) != 1:
+                graph.call_count(consumers[0]) != 1:
             break
         chain.append(consumers[0])
-        tensor = consumers[0]._inbound_nodes[0].output_tensors[0]
+        tensor = graph.output_tensors(consumers[0])[0]
     return chain
 
 
@@ -62,7 +63,4 @@ def fold_preprocessing(model: keras.Model) -> keras.Model:
         affine.set_weights([scale.reshape(1, 1, channels, 1), offset])
         return out
 
-    folded = keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=call)
-    folded._name = model.name
-    return folded
+    return graph.rebuild(model, call=call)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import keras
 
+from keras_effnet import graph
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
 from keras_effnet.files import check_destination, write_bytes
@@ -121,7 +122,7 @@ def to_tf_keras(model: keras.Model):
     (fused non-ReLU activations split into their own layers)."""
     k2, _ = _modules()
     model = fold_preprocessing(model)
-    if not hasattr(model, "_inbound_nodes") or len(model.inputs) != 1:
+    if not graph.is_functional(model) or len(model.inputs) != 1:
         raise ValueError("quantize_aware needs a functional model with one input")
     shape = tuple(model.input_shape[1:])
     tensors = {id(model.inputs[0]): k2.Input(shape=shape, name=model.inputs[0].name)}
@@ -129,14 +130,14 @@ def to_tf_keras(model: keras.Model):
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        node = next(n for n in layer._inbound_nodes
-                    if all(id(t) in tensors for t in n.input_tensors))
-        args = [tensors[id(t)] for t in node.input_tensors]
+        inputs, outputs = next(call for call in graph.calls(layer)
+                               if all(id(t) in tensors for t in call[0]))
+        args = [tensors[id(t)] for t in inputs]
         new, split = _translate(layer, k2)
         out = new(args if len(args) > 1 else args[0])
         if split:
             out = k2.layers.Activation(split, name=layer.name + "_activation")(out)
-        tensors[id(node.output_tensors[0])] = out
+        tensors[id(outputs[0])] = out
         copies.append((layer, new))
     result = k2.Model(tensors[id(model.inputs[0])], tensors[id(model.outputs[0])],
                       name=model.name)

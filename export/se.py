@@ -23,6 +23,8 @@ import dataclasses
 import keras
 from keras import layers, ops
 
+from keras_effnet import graph
+
 __all__ = [
     "SE_STRATEGIES",
     "EdgeHardSwish",
@@ -62,59 +64,51 @@ def parse_se(se) -> tuple[str, ...]:
     return parts
 
 
-def _history(tensor):
-    history = tensor._keras_history
-    return history.operation, history.node_index
-
-
-def _inbound(layer, node_index=0):
-    return layer._inbound_nodes[node_index].input_tensors
-
-
-def _walk(model: keras.Model):
-    """(layer, containing model) for every layer, nested functional models included."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and hasattr(layer, "_inbound_nodes") and \
-                hasattr(layer, "layers"):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def find_se_blocks(model: keras.Model) -> list[SEBlock]:
     """Every SE sub-graph: a Multiply(x, gate) whose gate comes, through single-input
     layers, from a GlobalAveragePooling2D of the same x. Works for this package's
     models, keras.applications' EfficientNets and models that nest them."""
     blocks = []
-    for layer in _walk(model):
-        if not isinstance(layer, layers.Multiply) or not layer._inbound_nodes:
+    for layer in graph.layers(model, nested="leaves"):
+        if not isinstance(layer, layers.Multiply) or not graph.call_count(layer):
             continue
-        inputs = _inbound(layer)
+        inputs = graph.input_tensors(layer)
         if len(inputs) != 2:
             continue
         for features, gate in (inputs, inputs[::-1]):
-            path, tensor = [], gate
-            while True:
-                op, node_index = _history(tensor)
-                if isinstance(op, layers.InputLayer):
-                    break
-                path.append(op)
-                if isinstance(op, layers.GlobalAveragePooling2D):
-                    break
-                parents = _inbound(op, node_index)
-                if len(parents) != 1:
-                    break
-                tensor = parents[0]
-            if path and isinstance(path[-1], layers.GlobalAveragePooling2D):
-                squeeze = path[-1]
-                (source,) = _inbound(squeeze)
-                if source is features:
-                    spatial = tuple(source.shape[1:3])
-                    names = tuple(op.name for op in reversed(path))
-                    blocks.append(SEBlock(squeeze.name, names, layer.name,
-                                          None if None in spatial else spatial))
-                    break
+            block = _se_block(layer, features, gate)
+            if block is not None:
+                blocks.append(block)
+                break
     return blocks
+
+
+def _gate_path(gate) -> list:
+    """The layers from `gate` back through single-input layers to the first
+    GlobalAveragePooling2D or the graph's input, nearest first."""
+    path, tensor = [], gate
+    while True:
+        op, call = graph.producer(tensor)
+        if isinstance(op, layers.InputLayer):
+            return path
+        path.append(op)
+        parents = graph.input_tensors(op, call)
+        if isinstance(op, layers.GlobalAveragePooling2D) or len(parents) != 1:
+            return path
+        tensor = parents[0]
+
+
+def _se_block(multiply, features, gate) -> SEBlock | None:
+    path = _gate_path(gate)
+    if not path or not isinstance(path[-1], layers.GlobalAveragePooling2D):
+        return None
+    squeeze = path[-1]
+    (source,) = graph.input_tensors(squeeze)
+    if source is not features:
+        return None
+    spatial = tuple(source.shape[1:3])
+    return SEBlock(squeeze.name, tuple(op.name for op in reversed(path)), multiply.name,
+                   None if None in spatial else spatial)
 
 
 @keras.saving.register_keras_serializable(package="keras_effnet")
@@ -193,11 +187,9 @@ def apply_se_strategy(model: keras.Model, se="keep") -> keras.Model:
         edge = edge_activations.get(name)
         return edge(out) if edge is not None else out
 
-    new = keras.models.clone_model(model, clone_function=clone, call_function=call,
-                                   recursive=True)
-    for layer in _walk(new):
+    new = graph.rebuild(model, call=call, replace=clone, recursive=True)
+    for layer in graph.layers(new, nested="leaves"):
         source = weights.get(layer.name)
         if source is not None and source.weights:
             layer.set_weights(source.get_weights())
-    new._name = model.name
     return new

@@ -19,6 +19,8 @@ import os
 import keras
 import numpy as np
 
+from keras_effnet import graph
+
 __all__ = ["cam", "overlay", "save_cam"]
 
 DEFAULT_LAYER = "top_activation"  # keras.applications' and our last conv activation
@@ -137,19 +139,12 @@ def _input_size(model) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def _walk(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _walk(layer)
-
-
 def _default_layer(model) -> str:
-    names = [layer.name for layer in _walk(model)]
+    names = [layer.name for layer in graph.layers(model)]
     if DEFAULT_LAYER in names:
         return DEFAULT_LAYER
-    spatial = [layer.name for layer in _walk(model)
-               if not hasattr(layer, "layers") and _output_rank(layer) == 4]
+    spatial = [layer.name for layer in graph.layers(model, nested="leaves")
+               if _output_rank(layer) == 4]
     if not spatial:
         raise ValueError("found no layer with a spatial [N, H, W, C] output to explain; "
                          "pass layer_name=")
@@ -170,10 +165,6 @@ def _final_layer(model):
     return layer
 
 
-def _contains(model, name: str) -> bool:
-    return any(layer.name == name for layer in _walk(model))
-
-
 def _rewire(model, target: str, probe, head):
     """`model` rebuilt from its own layers with `probe` after layer `target`.
     Returns (new_model, keys): new_model's outputs are model's outputs followed
@@ -183,8 +174,8 @@ def _rewire(model, target: str, probe, head):
     rewired = {}
 
     def clone(layer):
-        if hasattr(layer, "layers") and (_contains(layer, target) or
-                                         (head is not None and _contains(layer, head.name))):
+        if hasattr(layer, "layers") and (graph.contains(layer, target) or (
+                head is not None and graph.contains(layer, head.name))):
             rewired[id(layer)] = _rewire(layer, target, probe, head)
             return rewired[id(layer)][0]
         return layer
@@ -204,15 +195,8 @@ def _rewire(model, target: str, probe, head):
             found["activation"] = out
         return out
 
-    if isinstance(model, keras.Sequential):
-        inputs = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
-        x = inputs[0]
-        for layer in model.layers:
-            x = call(clone(layer), x)
-        outputs = [x]
-    else:
-        new = keras.models.clone_model(model, clone_function=clone, call_function=call)
-        inputs, outputs = new.inputs, list(new.outputs)
+    new = graph.rebuild(model, call=call, replace=clone)
+    inputs, outputs = new.inputs, list(new.outputs)
     keys = [key for key in ("activation", "head_input") if key in found]
     return keras.Model(inputs, outputs + [found[key] for key in keys]), keys
 

@@ -20,9 +20,9 @@ import re
 
 import keras
 
+from keras_effnet import graph
 from keras_effnet.blocks import DENSE_KERNEL_INITIALIZER, float32_under_mixed_precision
 from keras_effnet.specs import get_variant
-from keras_effnet.training._util import iter_layers
 
 __all__ = ["block_ids", "check_classes", "classifier", "freeze_backbone", "unfreeze_top"]
 
@@ -65,7 +65,7 @@ def check_classes(model: keras.Model, classes: int) -> None:
 def block_ids(model: keras.Model) -> list[str]:
     """The model's blocks in order: ['block1a', 'block2a', 'block2b', ...]."""
     seen = []
-    for layer in iter_layers(model):
+    for layer in graph.layers(model):
         match = _BLOCK.match(layer.name)
         if match and match.group(1) not in seen:
             seen.append(match.group(1))
@@ -74,7 +74,7 @@ def block_ids(model: keras.Model) -> list[str]:
 
 def freeze_backbone(model: keras.Model) -> int:
     """Freeze everything but the classifier head; returns the trainable weight count left."""
-    for layer in iter_layers(model):  # a nested backbone is frozen whole, then layer by layer
+    for layer in graph.layers(model):  # a nested backbone is frozen whole, then layer by layer
         layer.trainable = layer.name in _HEAD
     return sum(int(v.numpy().size) for v in model.trainable_weights)
 
@@ -93,7 +93,7 @@ def unfreeze_top(model: keras.Model, blocks: int, *, batchnorm: bool = False,
                          f"blocks), got {blocks!r}")
     opened = set(ids[len(ids) - blocks:])
     names = []
-    for layer in iter_layers(model):
+    for layer in graph.layers(model):
         if hasattr(layer, "layers"):
             layer.trainable = True  # nested backbone: open it, then close what stays frozen
             continue

@@ -24,7 +24,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_effnet.training._util import iter_layers
+from keras_effnet import graph
 from keras_effnet.training.strategy import AverageBatchNormStatistics, scaled_learning_rate
 
 __all__ = [
@@ -164,7 +164,7 @@ def add_weight_decay(model: keras.Model, rate: float = PAPER.weight_decay) -> in
         raise ValueError(f"weight decay must be >= 0, got {rate}")
     regularizer = keras.regularizers.L2(rate / 2.0) if rate else None
     count = 0
-    for layer in iter_layers(model):
+    for layer in graph.layers(model):
         for attribute, config_attribute in _KERNELS:
             variable = getattr(layer, attribute, None)
             if isinstance(variable, keras.Variable):

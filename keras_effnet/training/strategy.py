@@ -20,7 +20,7 @@ import os
 
 import keras
 
-from keras_effnet.training._util import iter_layers
+from keras_effnet import graph
 
 __all__ = [
     "STRATEGIES",
@@ -244,7 +244,7 @@ def sync_batchnorm(model: keras.Model, enabled: bool = True) -> int:
     if enabled:
         _tf()
     count = 0
-    for layer in iter_layers(model):
+    for layer in graph.layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = enabled
             count += 1
@@ -317,7 +317,7 @@ class AverageBatchNormStatistics(keras.callbacks.Callback):
         if self.strategy.num_replicas_in_sync < 2:
             return 0
         tf = _tf()
-        moving = [v for layer in iter_layers(self.model)
+        moving = [v for layer in graph.layers(self.model)
                   if isinstance(layer, keras.layers.BatchNormalization)
                   for v in (layer.moving_mean, layer.moving_variance)]
 
