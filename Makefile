@@ -12,7 +12,7 @@ DEMO_FLAGS := $(if $(SHARED),--images ../shared/data/imagenet-sample --calibrati
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all test-keras-min bench lint clean
 
 # everything: the tests, QAT, plots, MediaPipe (make test, make bench). The qat and android
 # extras cannot be resolved together: tensorflow-model-optimization 0.8.1 pins absl-py~=1.2,
@@ -56,6 +56,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pip install --quiet "torch==2.13.0" efficientnet_lite_pytorch
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --run-slow tests
+
+# the graph, layer and export tests on the lowest Keras that setup.py admits (its
+# `keras>=A,<B` bound is read here), installed beside the venv's own in build/
+KERAS_MIN := $(shell sed -n 's/.*"keras>=\([0-9.]*\),.*/\1/p' setup.py)
+
+test-keras-min: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target build/keras-$(KERAS_MIN) "keras==$(KERAS_MIN)"
+	PYTHONPATH=build/keras-$(KERAS_MIN) $(PY) -c "import keras; assert keras.__version__ == '$(KERAS_MIN)', keras.__version__; print('keras', keras.__version__)"
+	PYTHONPATH=build/keras-$(KERAS_MIN) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_graph.py \
+		tests/test_layers.py tests/test_builder.py tests/test_export.py tests/test_gradcam.py
 
 # the benchmark suite (< 20 min on 2 cores): results/*.json|md|png and the README's tables
 bench: $(STAMP)

@@ -6,7 +6,8 @@ weights cannot be had: B0 distilled from EfficientNet-Lite0's real weights.
 Lite0 is B0 without squeeze-excitation and with ReLU6 instead of swish, so
 every Lite0 weight fits the matching B0 layer. The proxy starts from those,
 with each SE gate at a constant ~0.98 (reduce kernel 0, expand bias 4), and is
-then fitted for a few hundred steps (about 7 minutes on 2 cores) so that its logits match Lite0's on random
+then fitted for a few hundred steps (about 7 minutes on 2 cores) so that its logits match
+Lite0's on random
 crops of photos (scikit-image's and ../shared/data/photos, never the
 evaluation set). The SE layers learn real, input-dependent gates and the swish
 activations get BatchNorm statistics of a trained network: quantization then

@@ -119,10 +119,8 @@ def _big_dims(shape) -> int:
     return sum(1 for d in shape if d > 1)
 
 
-def _check_op(op: OpInfo) -> str:
-    """Why this op would not map, or '' when Coral's rules allow it."""
-    if op.op not in EDGETPU_OPS:
-        return _NOT_LISTED_NOTES.get(op.op, "not on Coral's supported-op list")
+def _check_tensors(op: OpInfo) -> str:
+    """Coral's rules for every non-constant tensor: 8-bit, static, at most 3-D."""
     for t in op.inputs + op.outputs:
         if t.constant:
             continue
@@ -132,34 +130,67 @@ def _check_op(op: OpInfo) -> str:
             return f"dynamic shape {list(t.signature)}: the Edge TPU needs static shapes"
         if _big_dims(t.shape[:-3]) > 0:
             return f"tensor shape {list(t.shape)}: only the 3 innermost dimensions may exceed 1"
-    fused = getattr(op.options, "fusedActivationFunction", 0)
-    if op.op in _POOL_LIKE and fused:
+    return ""
+
+
+def _check_pool_like(op: OpInfo) -> str:
+    if getattr(op.options, "fusedActivationFunction", 0):
         return "fused activation function (Coral: not supported on this op)"
-    if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        dh = getattr(op.options, "dilationHFactor", 1)
-        dw = getattr(op.options, "dilationWFactor", 1)
-        if dh != dw:
-            return f"dilation {dh}x{dw}: Coral needs the same dilation in x and y"
-    if op.op == "MEAN":
-        shape = op.inputs[0].shape
-        axes = op.inputs[1].data.view(np.int32) if op.inputs[1].data is not None else []
-        axes = sorted(int(a) % len(shape) for a in axes)
-        if 0 in axes:
-            return "reduces over the batch dimension"
-        if len(shape) - 1 in axes and shape[-1] % 4:
-            return f"reduces over {shape[-1]} channels, not a multiple of 4"
-        extent = int(np.prod([shape[a] for a in axes])) if axes else 1
-        if extent > MEAN_MAX_REDUCED:
-            dims = "x".join(str(shape[a]) for a in axes)
-            return (f"mean over {dims} = {extent} values, above the largest Coral has seen map "
-                    f"({MEAN_MAX_REDUCED}, google-coral/edgetpu#461): use se='pool'")
-    if op.op == "SOFTMAX":
-        shape = op.inputs[0].shape
-        if _big_dims(shape) > 1 or int(np.prod(shape)) > SOFTMAX_MAX_ELEMENTS:
-            return f"softmax over {list(shape)}: Coral maps 1-D inputs of <= 16,000 elements"
-    if op.op == "FULLY_CONNECTED" and _big_dims(op.outputs[0].shape) > 1:
+    return ""
+
+
+def _check_conv(op: OpInfo) -> str:
+    dh = getattr(op.options, "dilationHFactor", 1)
+    dw = getattr(op.options, "dilationWFactor", 1)
+    return f"dilation {dh}x{dw}: Coral needs the same dilation in x and y" if dh != dw else ""
+
+
+def _check_mean(op: OpInfo) -> str:
+    shape = op.inputs[0].shape
+    axes = op.inputs[1].data.view(np.int32) if op.inputs[1].data is not None else []
+    axes = sorted(int(a) % len(shape) for a in axes)
+    if 0 in axes:
+        return "reduces over the batch dimension"
+    if len(shape) - 1 in axes and shape[-1] % 4:
+        return f"reduces over {shape[-1]} channels, not a multiple of 4"
+    extent = int(np.prod([shape[a] for a in axes])) if axes else 1
+    if extent > MEAN_MAX_REDUCED:
+        dims = "x".join(str(shape[a]) for a in axes)
+        return (f"mean over {dims} = {extent} values, above the largest Coral has seen map "
+                f"({MEAN_MAX_REDUCED}, google-coral/edgetpu#461): use se='pool'")
+    return ""
+
+
+def _check_softmax(op: OpInfo) -> str:
+    shape = op.inputs[0].shape
+    if _big_dims(shape) > 1 or int(np.prod(shape)) > SOFTMAX_MAX_ELEMENTS:
+        return f"softmax over {list(shape)}: Coral maps 1-D inputs of <= 16,000 elements"
+    return ""
+
+
+def _check_fully_connected(op: OpInfo) -> str:
+    if _big_dims(op.outputs[0].shape) > 1:
         return f"output {list(op.outputs[0].shape)} is not one-dimensional"
     return ""
+
+
+# the op-specific rules of Coral's table, beyond the tensor rules every op obeys
+_OP_RULES = {
+    **dict.fromkeys(_POOL_LIKE, _check_pool_like),
+    "CONV_2D": _check_conv,
+    "DEPTHWISE_CONV_2D": _check_conv,
+    "MEAN": _check_mean,
+    "SOFTMAX": _check_softmax,
+    "FULLY_CONNECTED": _check_fully_connected,
+}
+
+
+def _check_op(op: OpInfo) -> str:
+    """Why this op would not map, or '' when Coral's rules allow it."""
+    if op.op not in EDGETPU_OPS:
+        return _NOT_LISTED_NOTES.get(op.op, "not on Coral's supported-op list")
+    rule = _OP_RULES.get(op.op)
+    return _check_tensors(op) or (rule(op) if rule is not None else "")
 
 
 @dataclasses.dataclass

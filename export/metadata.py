@@ -177,48 +177,57 @@ def _schema():
     return importlib.import_module("mediapipe.tasks.metadata.metadata_schema_py_generated")
 
 
+def _file_versions(fb, items):
+    for item in items or []:
+        if item.type == fb.AssociatedFileType.VOCABULARY:
+            yield (1, 0, 1)
+        if item.type == fb.AssociatedFileType.SCANN_INDEX_FILE:
+            yield (1, 4, 0)
+        if item.version is not None:
+            yield (1, 4, 1)
+
+
+def _unit_versions(fb, items):
+    needs = {fb.ProcessUnitOptions.BertTokenizerOptions: (1, 1, 0),
+             fb.ProcessUnitOptions.SentencePieceTokenizerOptions: (1, 1, 0),
+             fb.ProcessUnitOptions.RegexTokenizerOptions: (1, 2, 1)}
+    return [needs[u.optionsType] for u in items or [] if u.optionsType in needs]
+
+
+def _tensor_versions(fb, items):
+    for tensor in items or []:
+        yield from _file_versions(fb, tensor.associatedFiles)
+        yield from _unit_versions(fb, tensor.processUnits)
+        content = tensor.content
+        if content is not None and \
+                content.contentPropertiesType == fb.ContentProperties.AudioProperties:
+            yield (1, 3, 0)
+
+
+_SUBGRAPH_FIELD_VERSIONS = (("inputProcessUnits", (1, 1, 0)), ("outputProcessUnits", (1, 1, 0)),
+                            ("inputTensorGroups", (1, 2, 0)), ("outputTensorGroups", (1, 2, 0)),
+                            ("customMetadata", (1, 5, 0)))
+
+
+def _subgraph_versions(fb, subgraph):
+    yield from _tensor_versions(fb, subgraph.inputTensorMetadata)
+    yield from _tensor_versions(fb, subgraph.outputTensorMetadata)
+    yield from _file_versions(fb, subgraph.associatedFiles)
+    for field, version in _SUBGRAPH_FIELD_VERSIONS:
+        if getattr(subgraph, field) is not None:
+            yield version
+    yield from _unit_versions(fb, subgraph.inputProcessUnits)
+    yield from _unit_versions(fb, subgraph.outputProcessUnits)
+
+
 def min_parser_version(metadata) -> str:
     """The oldest metadata parser that understands every field of `metadata` (a
     ModelMetadataT), by the rules of mediapipe/tasks/cc/metadata/metadata_version.cc."""
     fb = _schema()
     found = [(1, 0, 0)]  # metadata_version.cc: the default version
-
-    def files(items):
-        for item in items or []:
-            if item.type == fb.AssociatedFileType.VOCABULARY:
-                found.append((1, 0, 1))
-            if item.type == fb.AssociatedFileType.SCANN_INDEX_FILE:
-                found.append((1, 4, 0))
-            if item.version is not None:
-                found.append((1, 4, 1))
-
-    def units(items):
-        needs = {fb.ProcessUnitOptions.BertTokenizerOptions: (1, 1, 0),
-                 fb.ProcessUnitOptions.SentencePieceTokenizerOptions: (1, 1, 0),
-                 fb.ProcessUnitOptions.RegexTokenizerOptions: (1, 2, 1)}
-        found.extend(needs[u.optionsType] for u in items or [] if u.optionsType in needs)
-
-    def tensors(items):
-        for tensor in items or []:
-            files(tensor.associatedFiles)
-            units(tensor.processUnits)
-            content = tensor.content
-            if content is not None and \
-                    content.contentPropertiesType == fb.ContentProperties.AudioProperties:
-                found.append((1, 3, 0))
-
     for subgraph in metadata.subgraphMetadata or []:
-        tensors(subgraph.inputTensorMetadata)
-        tensors(subgraph.outputTensorMetadata)
-        files(subgraph.associatedFiles)
-        for field, version in (("inputProcessUnits", (1, 1, 0)), ("outputProcessUnits", (1, 1, 0)),
-                               ("inputTensorGroups", (1, 2, 0)), ("outputTensorGroups", (1, 2, 0)),
-                               ("customMetadata", (1, 5, 0))):
-            if getattr(subgraph, field) is not None:
-                found.append(version)
-        units(subgraph.inputProcessUnits)
-        units(subgraph.outputProcessUnits)
-    files(metadata.associatedFiles)
+        found.extend(_subgraph_versions(fb, subgraph))
+    found.extend(_file_versions(fb, metadata.associatedFiles))
     return ".".join(str(n) for n in max(found))
 
 

@@ -70,51 +70,45 @@ def _activation_name(activation) -> str | None:
     return activation if isinstance(activation, str) else activation.__name__
 
 
+# Keras 3 layer class -> its tf_keras twin built from the layer's config `c`, with the
+# activation `act` it keeps (the others are split into their own layer). First match wins.
+_TWINS = (
+    (keras.layers.DepthwiseConv2D, lambda L, c, act, **kw: L.DepthwiseConv2D(
+        c["kernel_size"], strides=c["strides"], padding=c["padding"],
+        depth_multiplier=c["depth_multiplier"], use_bias=c["use_bias"], activation=act, **kw)),
+    (keras.layers.Conv2D, lambda L, c, act, **kw: L.Conv2D(
+        c["filters"], c["kernel_size"], strides=c["strides"], padding=c["padding"],
+        use_bias=c["use_bias"], dilation_rate=c["dilation_rate"], activation=act, **kw)),
+    (keras.layers.BatchNormalization, lambda L, c, act, **kw: L.BatchNormalization(
+        axis=c["axis"], momentum=c["momentum"], epsilon=c["epsilon"], **kw)),
+    (keras.layers.Activation, lambda L, c, act, **kw: L.Activation(act, **kw)),
+    (EdgeHardSwish, lambda L, c, act, **kw: L.Activation("hard_silu", **kw)),
+    (keras.layers.ZeroPadding2D, lambda L, c, act, **kw: L.ZeroPadding2D(c["padding"], **kw)),
+    (keras.layers.GlobalAveragePooling2D, lambda L, c, act, **kw: L.GlobalAveragePooling2D(
+        keepdims=c.get("keepdims", False), **kw)),
+    (keras.layers.AveragePooling2D, lambda L, c, act, **kw: L.AveragePooling2D(
+        c["pool_size"], strides=c["strides"], padding=c["padding"], **kw)),
+    (keras.layers.Reshape, lambda L, c, act, **kw: L.Reshape(c["target_shape"], **kw)),
+    (keras.layers.Multiply, lambda L, c, act, **kw: L.Multiply(**kw)),
+    (keras.layers.Add, lambda L, c, act, **kw: L.Add(**kw)),
+    (keras.layers.Dropout, lambda L, c, act, **kw: L.Dropout(
+        c["rate"], noise_shape=c.get("noise_shape"), **kw)),
+    (keras.layers.Dense, lambda L, c, act, **kw: L.Dense(
+        c["units"], activation=act, use_bias=c["use_bias"], **kw)),
+)
+
+
 def _translate(layer, k2):
     """(tf_keras layer, separate activation name or None) for a Keras 3 layer."""
-    L = k2.layers
-    c = layer.get_config()
-    name = layer.name
     act = _activation_name(getattr(layer, "activation", None))
     split = act if act not in _PLAIN and not isinstance(layer, keras.layers.Activation) and \
         not (isinstance(layer, keras.layers.Dense) and act == "softmax") else None
-    own_act = "linear" if split else act
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        new = L.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
-                                depth_multiplier=c["depth_multiplier"], use_bias=c["use_bias"],
-                                activation=own_act, name=name)
-    elif isinstance(layer, keras.layers.Conv2D):
-        new = L.Conv2D(c["filters"], c["kernel_size"], strides=c["strides"], padding=c["padding"],
-                       use_bias=c["use_bias"], dilation_rate=c["dilation_rate"],
-                       activation=own_act, name=name)
-    elif isinstance(layer, keras.layers.BatchNormalization):
-        new = L.BatchNormalization(axis=c["axis"], momentum=c["momentum"], epsilon=c["epsilon"],
-                                   name=name)
-    elif isinstance(layer, keras.layers.Activation):
-        new = L.Activation(act, name=name)
-    elif isinstance(layer, EdgeHardSwish):
-        new = L.Activation("hard_silu", name=name)
-    elif isinstance(layer, keras.layers.ZeroPadding2D):
-        new = L.ZeroPadding2D(c["padding"], name=name)
-    elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        new = L.GlobalAveragePooling2D(keepdims=c.get("keepdims", False), name=name)
-    elif isinstance(layer, keras.layers.AveragePooling2D):
-        new = L.AveragePooling2D(c["pool_size"], strides=c["strides"], padding=c["padding"],
-                                 name=name)
-    elif isinstance(layer, keras.layers.Reshape):
-        new = L.Reshape(c["target_shape"], name=name)
-    elif isinstance(layer, keras.layers.Multiply):
-        new = L.Multiply(name=name)
-    elif isinstance(layer, keras.layers.Add):
-        new = L.Add(name=name)
-    elif isinstance(layer, keras.layers.Dropout):
-        new = L.Dropout(c["rate"], noise_shape=c.get("noise_shape"), name=name)
-    elif isinstance(layer, keras.layers.Dense):
-        new = L.Dense(c["units"], activation=own_act, use_bias=c["use_bias"], name=name)
-    else:
-        raise ValueError(f"quantize_aware cannot rebuild layer {name!r} ({type(layer).__name__}) "
-                         "in tf_keras: it supports the layers EfficientNets are made of")
-    return new, split
+    make = next((make for kind, make in _TWINS if isinstance(layer, kind)), None)
+    if make is None:
+        raise ValueError(f"quantize_aware cannot rebuild layer {layer.name!r} "
+                         f"({type(layer).__name__}) in tf_keras: it supports the layers "
+                         "EfficientNets are made of")
+    return make(k2.layers, layer.get_config(), "linear" if split else act, name=layer.name), split
 
 
 def to_tf_keras(model: keras.Model):

@@ -138,58 +138,60 @@ def apply_se_strategy(model: keras.Model, se="keep") -> keras.Model:
     Hard swish is written as `EdgeHardSwish`, hard sigmoid as keras' hard_sigmoid
     (which converts to ops the Edge TPU maps)."""
     parts = parse_se(se)
-    structural = {"hard", "pool", "remove"} & set(parts)
-    if not structural:
+    if not {"hard", "pool", "remove"} & set(parts):
         return model
     blocks = find_se_blocks(model)
     if not blocks and {"pool", "remove"} & set(parts):
         raise ValueError(f"se={se!r}: {model.name} has no squeeze-excitation blocks "
                          "(a Multiply gated by a GlobalAveragePooling2D of its input) to change")
-    squeeze = {b.squeeze: b for b in blocks}
-    excite = {b.excite for b in blocks}
-    dropped = {name for b in blocks for name in b.layers}  # used by "remove" only
-    reshapes_after_pool = {b.layers[1] for b in blocks
-                           if len(b.layers) > 1 and "pool" in parts}
-    hard = "hard" in parts
-    weights, edge_activations = {}, {}
-
-    def clone(layer):
-        config = layer.get_config()
-        replacement = None
-        if hard and "activation" in config:
-            new = _hard_name(config["activation"])
-            if new == "edge_hard_swish":
-                config["activation"] = "linear"
-                replacement = "edge"
-            elif new:
-                config["activation"] = new
-        cloned = layer.__class__.from_config(config)
-        weights[layer.name] = layer
-        if replacement == "edge":
-            edge_activations[layer.name] = EdgeHardSwish(name=layer.name + "_hard_swish")
-        return cloned
-
-    def call(layer, *args, **kwargs):
-        name = layer.name
-        if "remove" in parts and name in excite:
-            return args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
-        if "remove" in parts and name in dropped:
-            return layer(*args, **kwargs)  # unused branch: pruned from the new graph
-        if "pool" in parts and name in squeeze:
-            height, width = squeeze[name].spatial or (None, None)
-            if height is None:
-                raise ValueError(f"se='pool' needs a fixed input size: {name} sees a feature map "
-                                 "of unknown size; rebuild the model with input_shape=(H, W, 3)")
-            return layers.AveragePooling2D((height, width), name=name + "_pool")(args[0])
-        if name in reshapes_after_pool:
-            return args[0]  # the pooled map is already (N, 1, 1, C)
-        out = layer(*args, **kwargs)
-        edge = edge_activations.get(name)
-        return edge(out) if edge is not None else out
-
-    new = graph.rebuild(model, call=call, replace=clone, recursive=True)
+    rewrite = _SERewrite(parts, blocks)
+    new = graph.rebuild(model, call=rewrite.call, replace=rewrite.clone, recursive=True)
     for layer in graph.layers(new, nested="leaves"):
-        source = weights.get(layer.name)
+        source = rewrite.sources.get(layer.name)
         if source is not None and source.weights:
             layer.set_weights(source.get_weights())
     return new
+
+
+class _SERewrite:
+    """The layer replacements (`clone`) and call changes (`call`) of one strategy."""
+
+    def __init__(self, parts: tuple[str, ...], blocks: list[SEBlock]):
+        self.hard, self.pool, self.remove = ("hard" in parts, "pool" in parts,
+                                             "remove" in parts)
+        self.squeeze = {b.squeeze: b for b in blocks}
+        self.excite = {b.excite for b in blocks}
+        self.reshapes_after_pool = {b.layers[1] for b in blocks if len(b.layers) > 1}
+        self.sources: dict = {}  # new layer name -> the layer whose weights it takes
+        self.edge_activations: dict = {}
+
+    def clone(self, layer):
+        config = layer.get_config()
+        new = _hard_name(config["activation"]) if self.hard and "activation" in config else None
+        if new == "edge_hard_swish":
+            config["activation"] = "linear"
+            self.edge_activations[layer.name] = EdgeHardSwish(name=layer.name + "_hard_swish")
+        elif new:
+            config["activation"] = new
+        self.sources[layer.name] = layer
+        return layer.__class__.from_config(config)
+
+    def call(self, layer, *args, **kwargs):
+        name = layer.name
+        if self.remove and name in self.excite:
+            return args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+        if self.pool and name in self.squeeze:
+            return self._pooled(name, args[0])
+        if self.pool and name in self.reshapes_after_pool:
+            return args[0]  # the pooled map is already (N, 1, 1, C)
+        # (with "remove", the SE branch is still called: unused, it is pruned from the graph)
+        out = layer(*args, **kwargs)
+        edge = self.edge_activations.get(name)
+        return edge(out) if edge is not None else out
+
+    def _pooled(self, name, x):
+        height, width = self.squeeze[name].spatial or (None, None)
+        if height is None:
+            raise ValueError(f"se='pool' needs a fixed input size: {name} sees a feature map "
+                             "of unknown size; rebuild the model with input_shape=(H, W, 3)")
+        return layers.AveragePooling2D((height, width), name=name + "_pool")(x)

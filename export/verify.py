@@ -199,7 +199,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-path, h, w, runs, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path = sys.argv[1]
+h, w, runs, warmup = (int(a) for a in sys.argv[2:6])
 serve = tf.saved_model.load(path).signatures["serving_default"]
 x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype("float32"))
 for _ in range(warmup):
@@ -241,6 +242,26 @@ def _log_probs(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-12, None))
 
 
+def _evaluation_images(model, images, labels) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images as float32 (N, H, W, 3), labels or None), checked; a folder is loaded at
+    the model's size, its labels taken from the file names when they carry them."""
+    if isinstance(images, (str, os.PathLike)):
+        size = model.input_shape[1]
+        if size is None:
+            raise ValueError("the model takes any image size: pass images as an array")
+        images, names = load_folder(images, size)
+        if labels is None:
+            labels = labels_from_names(names)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"expected images of shape (N, H, W, 3) with N >= 1, got {images.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),):
+            raise ValueError(f"expected {len(images)} labels, got shape {labels.shape}")
+    return images, labels
+
+
 def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int = DEFAULT_RUNS,
            reference: tuple | None = None, name: str | None = None,
            runtimes: bool = True, class_names: list[str] | None = None) -> VerifyResult:
@@ -262,21 +283,7 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
     path = Path(artifact)
     if not path.exists():
         raise ValueError(f"no artifact at {str(path)!r}")
-    if isinstance(images, (str, os.PathLike)):
-        size = model.input_shape[1]
-        if size is None:
-            raise ValueError("the model takes any image size: pass images as an array")
-        images, names = load_folder(images, size)
-        if labels is None:
-            labels = labels_from_names(names)
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
-        raise ValueError(f"expected images of shape (N, H, W, 3) with N >= 1, got {images.shape}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(images),):
-            raise ValueError(f"expected {len(images)} labels, got shape {labels.shape}")
-
+    images, labels = _evaluation_images(model, images, labels)
     graph = None
     if path.is_file():
         graph = read_model(path)  # parsed once: the compiled-model check and the logits lookup

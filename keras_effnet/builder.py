@@ -44,6 +44,71 @@ def _check_weights_arg(weights) -> None:
     )
 
 
+def _check_arguments(weights, include_top, classes, pooling, classifier_activation,
+                     drop_connect_rate, dropout_rate) -> None:
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_effnet builds channels_last models; call "
+            "keras.config.set_image_data_format('channels_last') first"
+        )
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            f"weights='imagenet' with include_top=True has a 1000-class head, got "
+            f"classes={classes}. Use include_top=False and add your own head, or weights=None."
+        )
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be a positive int, got {classes!r}")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if weights is not None and include_top and classifier_activation not in (None, "softmax"):
+        raise ValueError(
+            "with pretrained weights, classifier_activation must be None (logits) or "
+            f"'softmax', got {classifier_activation!r}"
+        )
+    for label, rate in (("drop_connect_rate", drop_connect_rate), ("dropout_rate", dropout_rate)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{label} must be in [0, 1), got {rate!r}")
+
+
+def _stem(x, variant: VariantSpec, include_preprocessing: bool):
+    """Rescaling and normalisation (optional), then the strided 3x3 conv, BN, activation."""
+    if include_preprocessing:
+        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+        x = Normalization(variant.input_mean, variant.input_std, name="normalization")(x)
+    x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), 3), name="stem_conv_pad")(x)
+    x = layers.Conv2D(
+        stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv",
+    )(x)
+    x = BatchNormalization(axis=-1, name="stem_bn")(x)
+    return layers.Activation(variant.activation, name="stem_activation")(x)
+
+
+def _head(x, variant: VariantSpec, include_top, pooling, classes, classifier_activation,
+          dropout_rate):
+    """The 1x1 conv to the head width, then the classifier or the requested pooling."""
+    x = layers.Conv2D(
+        head_filters(variant), 1, padding="same", use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv",
+    )(x)
+    x = BatchNormalization(axis=-1, name="top_bn")(x)
+    x = layers.Activation(variant.activation, name="top_activation")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout_rate > 0:
+            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        return layers.Dense(
+            classes, activation=classifier_activation,
+            kernel_initializer=DENSE_KERNEL_INITIALIZER, name="predictions",
+            dtype=float32_under_mixed_precision(),
+        )(x)
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
 def _resolve_input_shape(input_shape, input_tensor, variant: VariantSpec, include_top: bool,
                          pretrained: bool) -> tuple:
     if input_shape is None and input_tensor is not None:
@@ -89,31 +154,9 @@ def build_efficientnet(
     """Build `variant` and load `weights` ('imagenet', a file path, or None)."""
     _check_weights_arg(weights)
     pretrained = weights is not None
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "keras_effnet builds channels_last models; call "
-            "keras.config.set_image_data_format('channels_last') first"
-        )
-    if weights == "imagenet" and include_top and classes != 1000:
-        raise ValueError(
-            f"weights='imagenet' with include_top=True has a 1000-class head, got "
-            f"classes={classes}. Use include_top=False and add your own head, or weights=None."
-        )
-    if not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"classes must be a positive int, got {classes!r}")
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    if pretrained and include_top and classifier_activation not in (None, "softmax"):
-        raise ValueError(
-            "with pretrained weights, classifier_activation must be None (logits) or "
-            f"'softmax', got {classifier_activation!r}"
-        )
-    if dropout_rate is None:
-        dropout_rate = variant.dropout
-    for label, rate in (("drop_connect_rate", drop_connect_rate), ("dropout_rate", dropout_rate)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{label} must be in [0, 1), got {rate!r}")
-
+    dropout_rate = variant.dropout if dropout_rate is None else dropout_rate
+    _check_arguments(weights, include_top, classes, pooling, classifier_activation,
+                     drop_connect_rate, dropout_rate)
     shape = _resolve_input_shape(input_shape, input_tensor, variant, include_top, pretrained)
     if input_tensor is None:
         img_input = layers.Input(shape=shape)
@@ -122,43 +165,10 @@ def build_efficientnet(
     else:
         img_input = input_tensor
 
-    # stem
-    x = img_input
-    if include_preprocessing:
-        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
-        x = Normalization(variant.input_mean, variant.input_std, name="normalization")(x)
-    x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), 3), name="stem_conv_pad")(x)
-    x = layers.Conv2D(
-        stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,
-        kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv",
-    )(x)
-    x = BatchNormalization(axis=-1, name="stem_bn")(x)
-    x = layers.Activation(variant.activation, name="stem_activation")(x)
-
-    # blocks
+    x = _stem(img_input, variant, include_preprocessing)
     for plan in plan_blocks(variant, drop_connect_rate):
         x = block_fn(plan, variant.activation)(x)
-
-    # head
-    x = layers.Conv2D(
-        head_filters(variant), 1, padding="same", use_bias=False,
-        kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv",
-    )(x)
-    x = BatchNormalization(axis=-1, name="top_bn")(x)
-    x = layers.Activation(variant.activation, name="top_activation")(x)
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if dropout_rate > 0:
-            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-        x = layers.Dense(
-            classes, activation=classifier_activation,
-            kernel_initializer=DENSE_KERNEL_INITIALIZER, name="predictions",
-            dtype=float32_under_mixed_precision(),
-        )(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    x = _head(x, variant, include_top, pooling, classes, classifier_activation, dropout_rate)
 
     inputs = img_input if input_tensor is None else keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name=name or variant.model_name)

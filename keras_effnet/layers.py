@@ -98,7 +98,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         if not (training and self.trainable):
             return self._fused(inputs, training=False)
-        if self.renorm or self.synchronized:
+        if getattr(self, "renorm", False) or self.synchronized:  # renorm: Keras >= 3.13
             return super().call(inputs, training=training, mask=mask)
         return self._fused(inputs, training=True)
 

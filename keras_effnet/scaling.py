@@ -42,7 +42,8 @@ def compound_coefficients(
     `keras_effnet.specs`, not this function.
     """
     for label, value in (("phi", phi), ("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not math.isfinite(value):
             raise ValueError(f"{label} must be a finite real number, got {value!r}")
     for label, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if value <= 0:

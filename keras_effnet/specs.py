@@ -51,7 +51,8 @@ class StageSpec:
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"StageSpec.kind must be one of {_KINDS}, got {self.kind!r}")
-        for field in ("kernel_size", "strides", "expand_ratio", "filters_in", "filters_out", "repeats"):
+        for field in ("kernel_size", "strides", "expand_ratio", "filters_in", "filters_out",
+                      "repeats"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"StageSpec.{field} must be a positive int, got {value!r}")

@@ -60,7 +60,8 @@ class _StorageType:
     def dtype(self) -> np.dtype:
         dtype = _STORAGE_DTYPES[self.name]
         if dtype is None:
-            raise ValueError(f"{self.name} tensors are not supported; save the state dict as float32")
+            raise ValueError(f"{self.name} tensors are not supported; save the state dict as "
+                             "float32")
         return np.dtype(dtype)
 
 
@@ -129,7 +130,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise UnsafePickleError(f"unexpected persistent record {pid!r:.80}")
         _, storage_type, key, _location, numel = pid[:5]
         if not isinstance(storage_type, _StorageType):
-            raise UnsafePickleError(f"storage record names {storage_type!r:.80}, not a storage type")
+            raise UnsafePickleError(
+                f"storage record names {storage_type!r:.80}, not a storage type")
         if not isinstance(key, (str, int)) or isinstance(key, bool):
             raise ValueError(f"corrupt PyTorch file: storage key {key!r:.40} is not a name")
         return _StorageRef(str(key), storage_type, _count(numel, "a storage's element count"))

@@ -314,6 +314,22 @@ def _check_normalization(layer, values, source):
     )
 
 
+def _shape_problem(layer, targets, values) -> str:
+    """Why a file's arrays cannot be assigned to a layer's variables, or ''."""
+    if len(values) != len(targets):
+        return f"layer {layer.name!r} has {len(targets)} weights, the file {len(values)}"
+    for var, value in zip(targets, values):
+        if tuple(var.shape) == tuple(np.shape(value)):
+            continue
+        if layer.name == "predictions" and len(var.shape) == 2:
+            return (f"the file's classifier has {np.shape(value)[-1]} classes, the model "
+                    f"{var.shape[-1]}; build with classes={np.shape(value)[-1]}, or "
+                    "include_top=False to drop the classifier")
+        return (f"{var.path}: model shape {tuple(var.shape)}, file shape "
+                f"{tuple(np.shape(value))}")
+    return ""
+
+
 def assign(model: keras.Model, fw: FileWeights, variant: VariantSpec | None = None) -> None:
     """Check every weighted layer of `model` against `fw`, then assign them all."""
     order_keys = _class_order_keys(model) if fw.keyed_by == "class_order" else {}
@@ -332,21 +348,9 @@ def assign(model: keras.Model, fw: FileWeights, variant: VariantSpec | None = No
             continue
         matched.add(key)
         values = fw.arrays[key]
-        if len(values) != len(targets):
-            problems.append(f"layer {layer.name!r} has {len(targets)} weights, the file "
-                            f"{len(values)}")
-            continue
-        for var, value in zip(targets, values):
-            if tuple(var.shape) != tuple(np.shape(value)):
-                if layer.name == "predictions" and len(var.shape) == 2:
-                    problems.append(
-                        f"the file's classifier has {np.shape(value)[-1]} classes, the model "
-                        f"{var.shape[-1]}; build with classes={np.shape(value)[-1]}, or "
-                        "include_top=False to drop the classifier")
-                else:
-                    problems.append(f"{var.path}: model shape {tuple(var.shape)}, file shape "
-                                    f"{tuple(np.shape(value))}")
-                break
+        problem = _shape_problem(layer, targets, values)
+        if problem:
+            problems.append(problem)
         else:
             plan.append((layer, targets, values))
     # a file's classifier fits a model without one; its stem statistics are not needed

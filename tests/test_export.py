@@ -400,11 +400,12 @@ def test_compiler_on_path_is_run_and_its_log_parsed(small, calib, tmp_path, monk
 
 
 def test_parse_compiler_log_counts_cpu_ops_from_rows():
-    log = textwrap.dedent("""\
+    unmapped = "Operation is otherwise supported, but not mapped due to some unspecified limitation"
+    log = textwrap.dedent(f"""\
         Edge TPU Compiler version 15.0.340273435
         Operator                       Count      Status
 
-        MEAN                           1          Operation is otherwise supported, but not mapped due to some unspecified limitation
+        MEAN                           1          {unmapped}
         CONV_2D                        40         Mapped to Edge TPU
         LOGISTIC                       12         More than one subgraph is not supported
         """)

@@ -81,9 +81,10 @@ def test_load_image_centre_crop(tmp_path, skimage_photos):
 
 def test_preprocess_input_variants():
     x = np.full((1, 2, 2, 3), 255.0)
-    np.testing.assert_allclose(ke.preprocess_input(x, variant="lite0"), (255 - 127) / 128, rtol=1e-6)
-    np.testing.assert_allclose(ke.preprocess_input(x, variant="b0")[0, 0, 0],
-                               (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+    np.testing.assert_allclose(ke.preprocess_input(x, variant="lite0"), (255 - 127) / 128,
+                               rtol=1e-6)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(ke.preprocess_input(x, variant="b0")[0, 0, 0], (1 - mean) / std,
                                rtol=1e-6)
     with pytest.raises(ValueError, match="channels_last"):
         ke.preprocess_input(x, data_format="channels_first")

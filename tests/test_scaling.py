@@ -64,7 +64,8 @@ def test_plan_lite_keeps_stem_first_and_last_stage():
 
 def test_plan_edgetpu_first_block_expands_declared_width():
     first = scaling.plan_blocks(VARIANTS["edgetpu-s"])[0]
-    assert (first.kind, first.filters_in, first.expand_filters, first.id_skip) == ("fused", 24, 96, False)
+    assert (first.kind, first.filters_in, first.expand_filters, first.id_skip) == \
+        ("fused", 24, 96, False)
 
 
 def test_too_deep_names_fail():
@@ -74,4 +75,5 @@ def test_too_deep_names_fail():
     with pytest.raises(ValueError, match="at most 26"):
         scaling.plan_blocks(deep)
     assert math.ceil(4 * 6.5) == 26
-    assert len(scaling.plan_blocks(dataclasses.replace(VARIANTS["b0"], depth=6.5))) == 7 + 13 + 13 + 20 + 20 + 26 + 7
+    deep = dataclasses.replace(VARIANTS["b0"], depth=6.5)
+    assert len(scaling.plan_blocks(deep)) == 7 + 13 + 13 + 20 + 20 + 26 + 7

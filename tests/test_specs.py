@@ -14,7 +14,9 @@ from keras_effnet.specs import (
 
 
 def test_b0_stages_are_paper_table_1():
-    assert [(s.kernel_size, s.strides, s.expand_ratio, s.filters_out, s.repeats) for s in B0_STAGES] == [
+    rows = [(s.kernel_size, s.strides, s.expand_ratio, s.filters_out, s.repeats)
+            for s in B0_STAGES]
+    assert rows == [
         (3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
         (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1),
     ]
@@ -25,7 +27,8 @@ def test_lite_is_b0_without_se():
     assert all(s.se_ratio == 0 for s in LITE_STAGES)
     assert [dataclasses.replace(s, se_ratio=0.25) for s in LITE_STAGES] == list(B0_STAGES)
     lite = VARIANTS["lite3"]
-    assert (lite.activation, lite.scale_stem_head, lite.scale_end_repeats) == ("relu6", False, False)
+    assert (lite.activation, lite.scale_stem_head, lite.scale_end_repeats) == \
+        ("relu6", False, False)
 
 
 def test_edgetpu_fused_early_no_se():
@@ -42,7 +45,8 @@ def test_stage_string_round_trip(stage):
 def test_stage_strings_read_like_tensorflow_tpu():
     assert B0_STAGES[1].encode() == "r2_k3_s2_e6_i16_o24_se0.25"
     assert EDGETPU_STAGES[0].encode() == "r1_k3_s1_e4_i24_o24_fused_noskip"
-    assert specs.encode_stages(specs.decode_stages(["r1_k3_s1_e1_i32_o16"])) == ["r1_k3_s1_e1_i32_o16"]
+    text = ["r1_k3_s1_e1_i32_o16"]
+    assert specs.encode_stages(specs.decode_stages(text)) == text
 
 
 @pytest.mark.parametrize("bad", ["r1_k3_s1_e1_i32", "r1_k3_s1_e1_i32_o16_x9", ""])
@@ -83,7 +87,8 @@ def test_unknown_variant():
 def test_variant_table_is_complete():
     assert list(VARIANTS) == [f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)] + [
         "edgetpu-s", "edgetpu-m", "edgetpu-l"]
-    assert [VARIANTS[f"b{i}"].resolution for i in range(8)] == [224, 240, 260, 300, 380, 456, 528, 600]
+    assert [VARIANTS[f"b{i}"].resolution for i in range(8)] == \
+        [224, 240, 260, 300, 380, 456, 528, 600]
 
 
 def test_rows_take_named_fields_only():

@@ -135,7 +135,8 @@ def test_tensor_outside_its_storage_is_refused(tmp_path, zip_format, offset, siz
 def test_in_bounds_views_are_read_exactly(tmp_path, zip_format):
     path = tmp_path / "w.pth"
     tensors = {"last": Tensor("0", 15, (1,), (1,)), "transposed": Tensor("0", 0, (4, 4), (1, 4)),
-               "strided": Tensor("0", 1, (2, 3), (8, 2)), "broadcast": Tensor("0", 3, (1, 4), (0, 1)),
+               "strided": Tensor("0", 1, (2, 3), (8, 2)),
+               "broadcast": Tensor("0", 3, (1, 4), (0, 1)),
                "empty": Tensor("0", 16, (0, 5), (5, 1)), "scalar": Tensor("0", 7, (), ())}
     write_pth(path, _STORAGE, tensors, zip_format)
     sd = torch_reader.read_state_dict(path)

@@ -93,20 +93,25 @@ def _free_ports(count):
     return ports
 
 
-def test_multi_worker_two_processes_agree(folder, tmp_path):
-    """Two `keras-effnet train --strategy multi_worker` processes on 127.0.0.1 end with the
-    same weights; only the chief writes the model, the other worker its own copy."""
-    out = tmp_path / "run"
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+def _workers(folder, out, ports, extra=()):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     procs = []
     for index in range(2):
         env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
                                                "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "keras_effnet.cli", "train", *TINY, "--data", str(folder),
-             "--out", str(out), "--strategy", "multi_worker", "--batch", "8", "--epochs", "1",
-             "--steps_per_epoch", "3", "--noema"],
+             "--out", str(out), "--strategy", "multi_worker", "--batch", "8", *extra],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def test_multi_worker_two_processes_agree(folder, tmp_path):
+    """Two `keras-effnet train --strategy multi_worker` processes on 127.0.0.1 end with the
+    same weights; only the chief writes the model, the other worker its own copy."""
+    out = tmp_path / "run"
+    procs = _workers(folder, out, _free_ports(2),
+                     ["--epochs", "1", "--steps_per_epoch", "3", "--noema"])
     logs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     summary = json.loads((out / "summary.json").read_text())
@@ -396,6 +401,50 @@ def test_sigkill_mid_epoch_then_resume(folder, tmp_path):
     model = keras.saving.load_model(out / "model.keras")
     assert model.output_shape == (None, 3)
     assert (out / "logs").is_dir()
+
+
+def test_multi_worker_sigkill_one_worker_then_restart_both(folder, tmp_path):
+    """BackupAndRestore's promise under MultiWorkerMirroredStrategy: SIGKILL one of two
+    workers mid-epoch (the other then waits on it forever, so it is killed too, as a
+    cluster manager would), start both again with the same command: both restore the
+    chief's last save, continue its step counter and end with identical weights."""
+    out = tmp_path / "run"
+    ports = _free_ports(2)
+    extra = ["--epochs", "2", "--steps_per_epoch", "6", "--save_every_steps", "1", "--noema"]
+    procs = _workers(folder, out, ports, extra)
+    state, deadline = None, time.time() + 300
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            state = _read_state(out / "checkpoints")
+            if state and state[0]["global_step"] >= 3 and state[0]["step_in_epoch"]:
+                procs[1].send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        time.sleep(1.0)  # worker 0 runs into the dead peer
+    finally:
+        for p in procs:
+            p.kill()
+        logs = [p.communicate(timeout=60)[0] for p in procs]
+    assert procs[1].returncode == -signal.SIGKILL, "the run ended before it was killed:\n" + \
+        logs[1][-3000:]
+    saved = _read_state(out / "checkpoints")
+    killed_at = saved[0]["global_step"]
+    assert 3 <= killed_at < 12 and not (out / "model.keras").exists()
+    procs = _workers(folder, out, ports, extra)
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [log[-3000:] for log in logs]
+    summaries = [json.loads((out / "summary.json").read_text()),
+                 json.loads((out / "workers" / "1" / "summary.json").read_text())]
+    norm = training.checkpoint.weights_norm(saved[1])
+    for summary in summaries:  # both restored the save, not fresh weights
+        assert summary["resumed_from_step"] == killed_at
+        assert summary["restored_weights_norm"] == pytest.approx(norm, rel=1e-6)
+        assert summary["final_step"] == summary["optimizer_iterations"] == 12
+    chief = keras.saving.load_model(out / "model.keras", compile=False)
+    other = _tiny()
+    other.load_weights(out / "workers" / "1" / "model.weights.h5")
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_batchnorm_statistics_are_averaged_over_replicas():

@@ -123,14 +123,17 @@ class TrainingState(keras.callbacks.Callback):
     """Save every `every_steps` steps and at each epoch end; stop at `total_steps`.
 
     `start_step` is the global step the run resumed at (0 for a new run), so
-    the saved step counts from the start of training, not of this process.
+    the saved step counts from the start of training, not of this process;
+    `restored_norm` the restored weights' norm (the summary reports it).
     """
 
     def __init__(self, directory: str, *, start_step: int, total_steps: int,
                  steps_per_epoch: int, every_steps: int = 0, writer: bool = True,
-                 meta: dict | None = None):
+                 meta: dict | None = None, restored_norm: float | None = None):
         super().__init__()
         self.directory = directory
+        self.start_step = start_step
+        self.restored_norm = restored_norm
         self.step = start_step
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch

@@ -52,6 +52,20 @@ def _tf():
     return tf
 
 
+def _check_cluster_entry(task_type, addresses) -> None:
+    if task_type not in _TASK_TYPES:
+        raise ValueError(f"TF_CONFIG cluster has task type {task_type!r}; expected some of "
+                         f"{', '.join(_TASK_TYPES)}")
+    if not isinstance(addresses, list) or not addresses:
+        raise ValueError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of "
+                         f"'host:port' strings, got {addresses!r}")
+    for address in addresses:
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"TF_CONFIG cluster[{task_type!r}] has {address!r}; each "
+                             "address must be 'host:port'")
+
+
 def parse_tf_config(text: str | None = None) -> dict | None:
     """Validate `TF_CONFIG` (the environment's when `text` is None); None when unset.
 
@@ -75,17 +89,7 @@ def parse_tf_config(text: str | None = None) -> dict | None:
     if not isinstance(cluster, dict) or not cluster:
         raise ValueError(f"TF_CONFIG has no 'cluster' mapping of task type to addresses; {hint}")
     for task_type, addresses in cluster.items():
-        if task_type not in _TASK_TYPES:
-            raise ValueError(f"TF_CONFIG cluster has task type {task_type!r}; expected some of "
-                             f"{', '.join(_TASK_TYPES)}")
-        if not isinstance(addresses, list) or not addresses:
-            raise ValueError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of "
-                             f"'host:port' strings, got {addresses!r}")
-        for address in addresses:
-            host, _, port = str(address).rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"TF_CONFIG cluster[{task_type!r}] has {address!r}; each "
-                                 "address must be 'host:port'")
+        _check_cluster_entry(task_type, addresses)
     task = config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ValueError(f"TF_CONFIG has no 'task' with 'type' and 'index'; {hint}")

@@ -114,13 +114,32 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
 
 
 def train(config: TrainConfig) -> tuple[keras.Model, dict]:
-    """Train (or resume) as `config` says; returns the final model and the summary."""
-    from keras_effnet import get_variant, profile
+    """Train (or resume) as `config` says; returns the final model and the summary.
 
+    The steps: read the folders, build the model under the strategy and restore the last
+    checkpoint, fit from where it stopped, evaluate, save."""
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     strategy = get_strategy(config.strategy, tpu=config.tpu)
     check_global_batch(config.batch, strategy)
+    folder, val_folder, steps_per_epoch = _read_folders(config)
+    if config.precision:
+        recipe.set_precision(config.precision)
+    model, state = _build_and_restore(config, strategy, folder.num_classes, steps_per_epoch)
+    summary = _run_summary(config, model, folder, strategy, state)
+    validation = eval_dataset(val_folder, summary["image_size"], config.batch) \
+        if val_folder else None
+    summary.update(_fit(config, model, strategy, folder, validation, state))
+    if validation is not None:  # fit ended by writing the weight average into the model
+        scores = model.evaluate(validation, verbose=0, return_dict=True)
+        summary["final_eval"] = {k: float(v) for k, v in scores.items()}
+    model.class_names = tuple(folder.class_names)  # what an export of it names
+    _save(config, model, summary)
+    return model, summary
+
+
+def _read_folders(config: TrainConfig):
+    """(training folder, validation folder or None, steps per epoch), checked."""
     folder = scan_folder(config.data)
     val_folder = scan_folder(config.val_data) if config.val_data else None
     if val_folder is None and config.val_split:
@@ -132,13 +151,14 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     if steps_per_epoch < 1:
         raise ValueError(f"{config.data!r} has {len(folder)} images, fewer than one batch of "
                          f"{config.batch}; lower --batch or add images")
-    total_steps = config.epochs * steps_per_epoch
-    _, workers, chief = worker_info()
-    if config.precision:
-        recipe.set_precision(config.precision)
+    return folder, val_folder, steps_per_epoch
 
+
+def _build_and_restore(config: TrainConfig, strategy, classes: int, steps_per_epoch: int):
+    """The compiled model under `strategy`, restored from the last checkpoint when there is
+    one (every worker reads the chief's), and the callback that saves the next ones."""
     with strategy.scope():
-        model = build_model(config, folder.num_classes)
+        model = build_model(config, classes)
         if config.sync_batchnorm:
             sync_batchnorm(model)
         recipe.compile_recipe(model, config.batch, steps_per_epoch, recipe=config.recipe(),
@@ -150,74 +170,85 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
         resumed = checkpoint.restore(ckpt_dir, model, expect)
     fit_ready(model, strategy)
     start_step = resumed["global_step"] if resumed else 0
-    restored_norm = checkpoint.weights_norm(model) if resumed else None
-    size = model.inputs[0].shape[1]
-    report = profile(model)
-    summary = {
-        "model": model.name, "variant": get_variant(config.model).name,
-        "params": report.params, "macs": report.macs, "classes": folder.num_classes,
-        "class_names": list(folder.class_names), "train_images": len(folder),
-        "skipped_files": len(folder.skipped), "image_size": size,
-        "global_batch": config.batch, "replicas": strategy.num_replicas_in_sync,
-        "workers": workers, "strategy": strategy_name(strategy),
-        "precision": keras.config.dtype_policy().name, "epochs": config.epochs,
-        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-        "resumed_from_step": start_step,
-        "restored_weights_norm": restored_norm,
-    }
+    total_steps = config.epochs * steps_per_epoch
     if start_step >= total_steps:  # killed after the last step, before the model was saved
         print(f"already trained: the checkpoint in {ckpt_dir} is at step {start_step} of "
               f"{total_steps}")
         model.optimizer.finalize_variable_values(model.trainable_variables)
     state = checkpoint.TrainingState(
         ckpt_dir, start_step=start_step, total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch, every_steps=config.save_every_steps, writer=chief,
-        meta=expect)
+        steps_per_epoch=steps_per_epoch, every_steps=config.save_every_steps,
+        writer=worker_info()[2], meta=expect,
+        restored_norm=checkpoint.weights_norm(model) if resumed else None)
+    return model, state
+
+
+def _run_summary(config: TrainConfig, model, folder, strategy, state) -> dict:
+    from keras_effnet import get_variant, profile
+
+    report = profile(model)
+    return {
+        "model": model.name, "variant": get_variant(config.model).name,
+        "params": report.params, "macs": report.macs, "classes": folder.num_classes,
+        "class_names": list(folder.class_names), "train_images": len(folder),
+        "skipped_files": len(folder.skipped), "image_size": model.inputs[0].shape[1],
+        "global_batch": config.batch, "replicas": strategy.num_replicas_in_sync,
+        "workers": worker_info()[1], "strategy": strategy_name(strategy),
+        "precision": keras.config.dtype_policy().name, "epochs": config.epochs,
+        "steps_per_epoch": state.steps_per_epoch, "total_steps": state.total_steps,
+        "resumed_from_step": state.start_step,
+        "restored_weights_norm": state.restored_norm,
+    }
+
+
+def _fit(config: TrainConfig, model, strategy, folder, validation, state) -> dict:
+    """model.fit from the restored step to the last; what it did, for the summary."""
     # BatchNorm averaged over the replicas before the state is saved, so a resumed run and
     # every worker agree
     callbacks = [*recipe.callbacks(model, strategy), state]
-    if chief:
+    if state.writer:
         callbacks.append(keras.callbacks.TensorBoard(f"{config.out}/logs", update_freq="epoch"))
-    dataset = train_dataset(folder, size, config.batch, start_step=start_step, seed=config.seed,
+    dataset = train_dataset(folder, model.inputs[0].shape[1], config.batch,
+                            start_step=state.start_step, seed=config.seed,
                             randaugment=config.randaugment)
-    validation = eval_dataset(val_folder, size, config.batch) if val_folder else None
     began = time.perf_counter()
     history = {}
-    if start_step < total_steps:
+    if state.start_step < state.total_steps:
         with warnings.catch_warnings():
             # the validation set's size is unknown to tf.data (a file that fails to decode is
             # dropped), so Keras learns it by running out, and says so after the first pass
             warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
             history = model.fit(
-                dataset, epochs=config.epochs, initial_epoch=start_step // steps_per_epoch,
-                steps_per_epoch=steps_per_epoch, validation_data=validation,
+                dataset, epochs=config.epochs,
+                initial_epoch=state.start_step // state.steps_per_epoch,
+                steps_per_epoch=state.steps_per_epoch, validation_data=validation,
                 callbacks=callbacks, verbose=config.verbose,
                 shuffle=False,  # the dataset shuffles, seeded
             ).history
     seconds = time.perf_counter() - began
-    steps_run = state.step - start_step
-    summary.update({
+    steps_run = state.step - state.start_step
+    return {
         "final_step": state.step,
         "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "history": {k: [float(v) for v in values] for k, values in history.items()},
         "train_seconds": round(seconds, 2),
         "images_per_second": round(steps_run * config.batch / seconds, 2) if steps_run else None,
         "checkpoint_saves": state.saves,
-    })
-    if validation is not None:  # fit ended by writing the weight average into the model
-        scores = model.evaluate(validation, verbose=0, return_dict=True)
-        summary["final_eval"] = {k: float(v) for k, v in scores.items()}
-    model.class_names = tuple(folder.class_names)  # what an export of it names
+    }
+
+
+def _save(config: TrainConfig, model, summary: dict) -> None:
+    """The chief writes the model, its labels and the summary; other workers their weights
+    (to check that they agree with the chief's)."""
+    index, _, chief = worker_info()
     if chief:
         makedirs(config.out)
         summary["model_path"] = f"{config.out}/model.keras"
-        save_model(model, summary["model_path"], class_names=folder.class_names)
+        save_model(model, summary["model_path"], class_names=model.class_names)
         write_json(f"{config.out}/summary.json", summary)
-    else:  # the other workers' copies, to check that they agree with the chief's
-        index = worker_info()[0]
-        folder = f"{config.out}/workers/{index}"
-        makedirs(folder)
-        with atomic_output(f"{folder}/model.weights.h5", True, suffix=".weights.h5") as tmp:
-            model.save_weights(str(tmp))
-        write_json(f"{folder}/summary.json", summary)
-    return model, summary
+        return
+    folder = f"{config.out}/workers/{index}"
+    makedirs(folder)
+    with atomic_output(f"{folder}/model.weights.h5", True, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+    write_json(f"{folder}/summary.json", summary)
