@@ -52,9 +52,8 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
-# also the slow tests: the PyTorch reference comparison needs torch (CPU) and its model code
+# also the slow tests (Lite1/2 against the PyTorch reference, the long fuzz runs)
 test-all: $(STAMP)
-	$(PY) -m pip install --quiet "torch==2.13.0" efficientnet_lite_pytorch
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --run-slow tests
 
 # the graph, layer and export tests on the lowest Keras that setup.py admits (its

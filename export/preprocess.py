@@ -58,7 +58,9 @@ def fold_preprocessing(model: keras.Model) -> keras.Model:
             return layer(*args, **kwargs)
         if layer.name != chain[0].name:
             return args[0]
-        affine = layers.DepthwiseConv2D(1, use_bias=True, name="preprocessing")
+        # fixed, as the layers it replaces: under QAT its 0-255 inputs would otherwise give
+        # it gradients 255x those of the stem and flip its sign in two SGD steps
+        affine = layers.DepthwiseConv2D(1, use_bias=True, name="preprocessing", trainable=False)
         out = affine(args[0])
         affine.set_weights([scale.reshape(1, 1, channels, 1), offset])
         return out

@@ -26,13 +26,20 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_effnet import graph
+from keras_effnet.export.data import (
+    MIN_CALIBRATION_IMAGES,
+    bundled_photos,
+    calibration_views,
+    representative_images,
+)
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
 from keras_effnet.files import check_destination, write_bytes
 
-__all__ = ["qat_to_tflite", "quantize_aware", "to_tf_keras"]
+__all__ = ["calibrate_ranges", "qat_to_tflite", "quantize_aware", "to_tf_keras"]
 
 _PLAIN = ("linear", None)
 _TFMOT_ACTIVATIONS = ("relu", "relu6", "softmax", "linear")
@@ -81,7 +88,11 @@ _TWINS = (
         use_bias=c["use_bias"], dilation_rate=c["dilation_rate"], activation=act, **kw)),
     (keras.layers.BatchNormalization, lambda L, c, act, **kw: L.BatchNormalization(
         axis=c["axis"], momentum=c["momentum"], epsilon=c["epsilon"], **kw)),
-    (keras.layers.Activation, lambda L, c, act, **kw: L.Activation(act, **kw)),
+    # relu6 as a ReLU layer: tfmot then fuses conv -> batch norm -> relu6 as the converter
+    # does (one quantized output, 0..6); as Activation("relu6") the batch norm's output got
+    # its own fake-quantization that the .tflite does not have
+    (keras.layers.Activation, lambda L, c, act, **kw: L.ReLU(6.0, **kw) if act == "relu6"
+     else L.Activation(act, **kw)),
     (EdgeHardSwish, lambda L, c, act, **kw: L.Activation("hard_silu", **kw)),
     (keras.layers.ZeroPadding2D, lambda L, c, act, **kw: L.ZeroPadding2D(c["padding"], **kw)),
     (keras.layers.GlobalAveragePooling2D, lambda L, c, act, **kw: L.GlobalAveragePooling2D(
@@ -108,7 +119,9 @@ def _translate(layer, k2):
         raise ValueError(f"quantize_aware cannot rebuild layer {layer.name!r} "
                          f"({type(layer).__name__}) in tf_keras: it supports the layers "
                          "EfficientNets are made of")
-    return make(k2.layers, layer.get_config(), "linear" if split else act, name=layer.name), split
+    new = make(k2.layers, layer.get_config(), "linear" if split else act, name=layer.name,
+               trainable=layer.trainable)
+    return new, split
 
 
 def to_tf_keras(model: keras.Model):
@@ -169,15 +182,83 @@ def _output_quantize_config(tfmot):
     return OutputQuantizeConfig
 
 
-def quantize_aware(model: keras.Model):
-    """A tf_keras copy of `model` with fake-quantization for QAT (see module doc)."""
+def quantize_aware(model: keras.Model, calibration=None):
+    """A tf_keras copy of `model` with fake-quantization for QAT (see module doc), its
+    quantization ranges calibrated on `calibration` (a folder, a tf.data.Dataset or an
+    array of 0-255 pixels; default: 100 random crops of the bundled photos)."""
     with _keras3_stays():
-        return _quantize_aware(model)
+        rebuilt = to_tf_keras(model)
+        qat = _quantize_aware(rebuilt)
+        height, width = tuple(model.input_shape[1:3])
+        if calibration is None:
+            if height is None:
+                raise ValueError("a model of any input size needs calibration= images")
+            calibration = calibration_views(bundled_photos()[0], height,
+                                            MIN_CALIBRATION_IMAGES, seed=0)
+        calibrate_ranges(qat, rebuilt, representative_images(calibration, (height, width, 3)))
+        return qat
 
 
-def _quantize_aware(model: keras.Model):
+def calibrate_ranges(qat, rebuilt, images) -> int:
+    """Set every fake-quantization range of `qat` from the float model `rebuilt` (its
+    tf_keras twin, same layer names): activations from their values on `images`, weights
+    from the weights. Returns how many ranges were set.
+
+    tfmot starts every activation range at [-6, 6] and moves it by a moving average
+    (decay 0.999) during training, so an uncalibrated QAT model clips 0-255 pixels to 6:
+    its predictions ignore the image, and a short fine-tune cannot recover from that."""
+    k2, _ = _modules()
+    images = np.asarray(images, np.float32)
+    layers = rebuilt.layers[1:]
+    probe = k2.Model(rebuilt.inputs, [t for layer in layers for t in (layer.input, layer.output)])
+    values = probe.predict(images, verbose=0)
+    seen = {layer.name: (values[2 * i], values[2 * i + 1]) for i, layer in enumerate(layers)}
+    seen["quantize_layer"] = (images, images)
+    count = 0
+    for variable in qat.weights:
+        owner, _, field = variable.name.rsplit(":", 1)[0].rpartition("/")
+        name = owner.removeprefix("quant_")
+        if not field.endswith(("_min", "_max")) or name not in seen:
+            continue
+        if "kernel" in field:
+            array = rebuilt.get_layer(name).weights[0].numpy()
+        elif field.startswith("pre_activation"):
+            array = _pre_activation(rebuilt.get_layer(name), seen[name][0])
+        else:
+            array = seen[name][1]
+        low, high = _range(array, tuple(variable.shape), symmetric="kernel" in field)
+        variable.assign(low if field.endswith("_min") else high)
+        count += 1
+    return count
+
+
+def _pre_activation(layer, inputs: np.ndarray) -> np.ndarray:
+    """What `layer` computes on `inputs` before its activation (a softmax head's logits)."""
+    config = layer.get_config()
+    config["activation"] = "linear"
+    twin = layer.__class__.from_config(config)
+    twin.build(inputs.shape)
+    twin.set_weights(layer.get_weights())
+    return np.asarray(twin(inputs))
+
+
+def _range(array: np.ndarray, shape: tuple, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of `array`, per channel when `shape` is (channels,), always spanning 0;
+    `symmetric` (weights: TFLite's int8 kernels need a zero point of 0) as (-m, m)."""
+    if shape:  # per-axis: the axis of that many channels, the last one that fits
+        axis = max(a for a in range(array.ndim) if array.shape[a] == shape[0])
+        flat = np.moveaxis(array, axis, -1).reshape(-1, shape[0])
+        low, high = flat.min(0), flat.max(0)
+    else:
+        low, high = array.min(), array.max()
+    if symmetric:
+        high = np.maximum(np.abs(low), np.abs(high))
+        return -high, high
+    return np.minimum(low, 0.0), np.maximum(high, 0.0)
+
+
+def _quantize_aware(rebuilt):
     k2, tfmot = _modules()
-    rebuilt = to_tf_keras(model)
     config = _output_quantize_config(tfmot)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
@@ -191,7 +272,22 @@ def _quantize_aware(model: keras.Model):
     annotated = k2.models.clone_model(rebuilt, clone_function=clone)
     annotated.set_weights(rebuilt.get_weights())
     with tfmot.quantization.keras.quantize_scope({"OutputQuantizeConfig": config}):
-        return tfmot.quantization.keras.quantize_apply(annotated)
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    _keep_frozen(qat)
+    return qat
+
+
+def _keep_frozen(qat) -> None:
+    """tfmot's QuantizeWrapperV2.build lists a wrapped layer's quantized weights as trainable
+    whether or not the layer is (tfmot 0.8.1, quantize_wrapper.py); put the weights of
+    frozen layers (the folded preprocessing) back among the non-trainable ones (the
+    quantizers' own ranges are non-trainable already)."""
+    for wrapper in qat.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or inner.trainable or not getattr(wrapper, "_trainable_weights", None):
+            continue
+        wrapper._non_trainable_weights.extend(wrapper._trainable_weights)
+        wrapper._trainable_weights = []
 
 
 def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,

@@ -36,21 +36,28 @@ DEFAULT_TOP_K = 5
 
 def logits_model(model):
     """A model returning (probabilities, logits) when `model` ends in a Dense with a
-    softmax activation (every classifier this package builds), else None."""
+    softmax activation (every classifier this package builds, and their QAT copies, whose
+    Dense sits in tfmot's wrapper), else None."""
     import keras
 
     last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    if not isinstance(last, keras.layers.Dense) or \
-            getattr(activation, "__name__", "") != "softmax":
+    dense = getattr(last, "layer", last)  # tfmot's QuantizeWrapper holds the Dense
+    activation = getattr(dense, "activation", None)
+    activation = getattr(activation, "activation", activation)  # tfmot's QuantizeAwareActivation
+    if type(dense).__name__ != "Dense" or getattr(activation, "__name__", "") != "softmax":
         return None
-    features = keras.Model(model.input, [model.output, last.input])
+    if isinstance(model, keras.Model):
+        features = keras.Model(model.input, [model.output, last.input])
+    else:  # a tf_keras model (quantization-aware training)
+        import tf_keras
+
+        features = tf_keras.Model(model.input, [model.output, last.input])
 
     def run(images, training=False):
         probabilities, pooled = features(images, training=training)
-        logits = keras.ops.matmul(pooled, last.kernel)
-        if last.use_bias:
-            logits = logits + last.bias
+        logits = keras.ops.matmul(pooled, dense.kernel)
+        if dense.use_bias:
+            logits = logits + dense.bias
         return probabilities, logits
 
     return run
