@@ -27,6 +27,7 @@ setup(
         "pillow",
         "absl-py",
         "ai-edge-litert",  # runs .tflite files (verify, tests)
+        "safetensors",  # weights=<file>.safetensors: PyTorch state dicts, never a pickle
         "tensorboard",  # training logs (keras.callbacks.TensorBoard)
     ],
     extras_require={

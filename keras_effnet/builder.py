@@ -7,7 +7,9 @@ weighted layers are those of keras.applications' EfficientNetB0-B7.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import keras
 from keras import layers
@@ -36,12 +38,24 @@ def _check_weights_arg(weights) -> None:
             return
         raise ValueError(
             f"weights={str(weights)!r}: no such file. Expected None (random "
-            "initialization), 'imagenet', or the path of a .weights.h5, .h5, .keras "
-            "or (Lite) .pth file."
+            "initialization), 'imagenet', or the path of a .weights.h5, .h5, .keras, "
+            ".safetensors (a timm-layout PyTorch state dict) or (Lite) .pth file."
         )
     raise ValueError(
         f"weights must be None, 'imagenet' or a file path, got {type(weights).__name__}"
     )
+
+
+@contextlib.contextmanager
+def _recursion_limit(limit: int):
+    """Keras maps a functional graph recursively, one frame per layer on the deepest path:
+    L2 (over 1,000 layers) needs more than Python's default of 1,000 frames."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
 
 
 def _check_arguments(weights, include_top, classes, pooling, classifier_activation,
@@ -171,7 +185,8 @@ def build_efficientnet(
     x = _head(x, variant, include_top, pooling, classes, classifier_activation, dropout_rate)
 
     inputs = img_input if input_tensor is None else keras.utils.get_source_inputs(input_tensor)
-    model = keras.Model(inputs, x, name=name or variant.model_name)
+    with _recursion_limit(len(plan_blocks(variant)) * 40):
+        model = keras.Model(inputs, x, name=name or variant.model_name)
 
     if pretrained:
         weights_lib.load_into(model, variant, weights, include_top=include_top)

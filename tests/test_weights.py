@@ -277,7 +277,8 @@ def test_lite_pth_path(tmp_path):
     from_package = ke.EfficientNetLite0(weights="imagenet")
     for a, b in zip(from_path.get_weights(), from_package.get_weights()):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="another architecture|not an EfficientNet state dict"):
+    with pytest.raises(ValueError, match="another architecture|not a lukemelas-layout state "
+                                         "dict for EfficientNetLite1"):
         ke.EfficientNetLite1(weights=pth)
     with pytest.raises(ValueError, match="truncated"):
         cut = tmp_path / "cut.pth"
@@ -307,3 +308,112 @@ def test_lite_equals_pytorch_reference(variant, skimage_photos):
     ours = ke.build(variant, weights="imagenet", classifier_activation=None)
     got = ours.predict(x, verbose=0)
     assert np.abs(got - expected).max() < 1e-4
+
+
+# --- PyTorch state dicts as .safetensors (timm's layout, the Hub's) ---------------------------
+
+
+def _reference(variant: str, size: int, seed: int = 0):
+    """An independent implementation (efficientnet_lite_pytorch: lukemelas' EfficientNet-
+    PyTorch with the Lite variants) with seeded random weights and BatchNorm statistics."""
+    torch = pytest.importorskip("torch")
+    reference_lib = pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(seed)
+    model = reference_lib.EfficientNet.from_name(f"efficientnet-{variant}", image_size=size)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _timm_names(state: dict, model) -> dict:
+    """lukemelas' tensor names -> timm's, from lukemelas' own block arguments: stage s,
+    position j; blocks without expansion are timm's DepthwiseSeparableConv."""
+    from efficientnet_lite_pytorch.utils import round_repeats
+
+    where = [(s, j, args.expand_ratio != 1) for s, args in enumerate(model._blocks_args)
+             for j in range(round_repeats(args.num_repeat, model._global_params))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+    se = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3", **se}
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                 "_bn2": "bn2", **se}
+    out = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            s, j, expand = where[int(parts[1])]
+            module = (expanded if expand else separable)[parts[2]]
+            out[f"blocks.{s}.{j}.{module}.{parts[3]}"] = value
+        else:
+            out[f"{top[parts[0]]}.{parts[1]}"] = value
+    return out
+
+
+def _save_state(model, path, layout="timm"):
+    from safetensors.numpy import save_file
+
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    if layout == "timm":
+        state = _timm_names(state, model)
+    save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("variant,layout", [("b0", "timm"), ("lite0", "timm"),
+                                            ("b0", "lukemelas")])
+def test_safetensors_state_dict_equals_the_independent_implementation(
+        variant, layout, skimage_photos, tmp_path):
+    """weights=<file>.safetensors (timm's layout, or lukemelas'): logits equal those of an
+    independent PyTorch implementation holding the same random weights, at 240 px (a 15x15
+    stage: TensorFlow's "same" padding on odd sizes), relative error <= 1e-4."""
+    import torch
+
+    size = 240
+    reference = _reference(variant, size)
+    path = _save_state(reference, tmp_path / f"{variant}.safetensors", layout)
+    spec = ke.get_variant(variant)
+    ours = ke.build(variant, weights=str(path), input_shape=(size, size, 3),
+                    classifier_activation=None)
+    x = photo_batch(skimage_photos, size)
+    mean, std = np.array(spec.input_mean) * 255, np.array(spec.input_std) * 255
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(((x - mean) / std).astype("float32")
+                                              .transpose(0, 3, 1, 2))).numpy()
+    got = ours.predict(x, verbose=0)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert expected.std() > 0.1  # the random head tells the photos apart
+
+
+def test_bad_safetensors_files_are_refused_and_the_model_untouched(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save_file
+
+    b0 = _save_state(_reference("b0", 224), tmp_path / "b0.safetensors")
+    model = ke.EfficientNetB1(weights=None)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="not a timm-layout state dict for EfficientNetB1"):
+        weights_lib.assign(model, weights_lib.read_weights_file(b0, ke.get_variant("b1")))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(b0.read_bytes()[: b0.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        ke.EfficientNetB0(weights=str(cut))
+    state = {k: v for k, v in __import__("safetensors.numpy").numpy.load_file(b0).items()}
+    state["conv_stem.weight"] = state["conv_stem.weight"].astype(np.int32)
+    save_file(state, str(tmp_path / "int.safetensors"))
+    with pytest.raises(ValueError, match="'conv_stem.weight' is ndarray int32, expected a float"):
+        ke.EfficientNetB0(weights=str(tmp_path / "int.safetensors"))
+    with pytest.raises(ValueError, match="the file's classifier has 1000 classes, the model 10"):
+        ke.EfficientNetB0(weights=str(b0), classes=10)
+    save_file({"stem.weight": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an EfficientNet state dict"):
+        ke.EfficientNetB0(weights=str(tmp_path / "other.safetensors"))
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
