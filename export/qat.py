@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -213,23 +214,40 @@ def calibrate_ranges(qat, rebuilt, images) -> int:
     probe = k2.Model(rebuilt.inputs, [t for layer in layers for t in (layer.input, layer.output)])
     values = probe.predict(images, verbose=0)
     seen = {layer.name: (values[2 * i], values[2 * i + 1]) for i, layer in enumerate(layers)}
-    seen["quantize_layer"] = (images, images)
     count = 0
-    for variable in qat.weights:
-        owner, _, field = variable.name.rsplit(":", 1)[0].rpartition("/")
-        name = owner.removeprefix("quant_")
-        if not field.endswith(("_min", "_max")) or name not in seen:
-            continue
-        if "kernel" in field:
-            array = rebuilt.get_layer(name).weights[0].numpy()
-        elif field.startswith("pre_activation"):
-            array = _pre_activation(rebuilt.get_layer(name), seen[name][0])
-        else:
-            array = seen[name][1]
-        low, high = _range(array, tuple(variable.shape), symmetric="kernel" in field)
-        variable.assign(low if field.endswith("_min") else high)
-        count += 1
+    for wrapper in qat.layers:
+        # tfmot's QuantizeLayer quantizes the model's input; a QuantizeWrapper holds a layer
+        # named as in `rebuilt` (the wrappers' own names get suffixes when a process builds
+        # several QAT models, so they are not used)
+        inner = getattr(wrapper, "layer", None)
+        name = None if inner is None else inner.name
+        for variable in wrapper.weights:
+            field = _RANGE_FIELD.search(variable.name.rsplit("/", 1)[-1])
+            if field is None:
+                continue
+            kind, end = field.groups()
+            if inner is None:
+                array = images
+            elif "kernel" in kind:
+                array = rebuilt.get_layer(name).weights[0].numpy()
+            elif kind == "pre_activation":
+                array = _pre_activation(rebuilt.get_layer(name), seen[name][0])
+            else:
+                array = seen[name][1]
+            low, high = _range(array, tuple(variable.shape), symmetric="kernel" in kind)
+            variable.assign(low if end == "min" else high)
+            count += 1
+    expected = sum(1 for v in qat.weights if _RANGE_FIELD.search(v.name.rsplit("/", 1)[-1]))
+    if count != expected:
+        raise RuntimeError(f"calibrated {count} of the QAT model's {expected} quantization "
+                           "ranges: tfmot's variables are not where this code expects them")
     return count
+
+
+# tfmot's range variables: kernel_min, depthwise_kernel_max, post_activation_min,
+# pre_activation_max, output_min, quantize_layer_max (quantize_layer_1_max, ...)
+_RANGE_FIELD = re.compile(r"(depthwise_kernel|kernel|post_activation|pre_activation|output|"
+                          r"quantize_layer(?:_\d+)?)_(min|max)(?:_\d+)?:\d+$")
 
 
 def _pre_activation(layer, inputs: np.ndarray) -> np.ndarray:
