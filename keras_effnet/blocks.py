@@ -139,24 +139,32 @@ def mbconv_block(plan: BlockPlan, activation: str) -> Callable:
 
 
 def fused_block(plan: BlockPlan, activation: str) -> Callable:
-    """EdgeTPU block without depthwise: expand kxk at stride 1 -> project 1x1 with the stride.
-
-    tensorflow/tpu's MBConvBlockWithoutDepthwise puts the stride on the 1x1
-    projection, and its checkpoints were trained that way. Layer names follow
-    keras.applications' EfficientNetV2 fused block.
+    """EdgeTPU block without depthwise: expand kxk -> project 1x1, the stride on the
+    projection (`plan.fused_stride == "project"`, what the released EdgeTPU checkpoints
+    were trained with) or on the expansion ("expand", tensorflow/tpu and timm today).
+    Layer names follow keras.applications' EfficientNetV2 fused block.
     """
     name = plan.name
+    # without an expansion there is only the projection to stride
+    expand_strides = plan.strides if plan.fused_stride == "expand" and plan.expand_ratio != 1 \
+        else 1
 
     def apply(inputs):
         x = inputs
         # expansion
         if plan.expand_ratio != 1:
-            x = _conv(plan.expand_filters, plan.kernel_size, name + "expand_conv")(x)
+            padding = "same"
+            if expand_strides == 2:
+                x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), plan.kernel_size),
+                                         name=name + "expand_pad")(x)
+                padding = "valid"
+            x = _conv(plan.expand_filters, plan.kernel_size, name + "expand_conv",
+                      strides=expand_strides, padding=padding)(x)
             x = _bn(name + "expand_bn")(x)
             x = layers.Activation(activation, name=name + "expand_activation")(x)
         # projection (1x1 needs no padding at any stride)
-        x = _conv(plan.filters_out, 1, name + "project_conv", strides=plan.strides,
-                  padding="valid")(x)
+        x = _conv(plan.filters_out, 1, name + "project_conv",
+                  strides=plan.strides // expand_strides, padding="valid")(x)
         x = _bn(name + "project_bn")(x)
         return _residual(x, inputs, plan)
 

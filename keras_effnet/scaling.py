@@ -91,6 +91,7 @@ class BlockPlan:
     se_filters: int  # 0: no squeeze-excitation
     id_skip: bool
     drop_rate: float
+    fused_stride: str = "project"  # fused blocks: the conv that strides (StageSpec)
 
     @property
     def expand_filters(self) -> int:
@@ -151,6 +152,7 @@ def plan_blocks(variant: VariantSpec, drop_connect_rate: float = 0.2) -> list[Bl
                     se_filters=se_filters,
                     id_skip=stage.id_skip,
                     drop_rate=drop_connect_rate * index / total,
+                    fused_stride=stage.fused_stride,
                 )
             )
             index += 1

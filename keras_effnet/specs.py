@@ -27,6 +27,7 @@ __all__ = [
 MBCONV = "mbconv"
 FUSED = "fused"
 _KINDS = (MBCONV, FUSED)
+_FUSED_STRIDES = ("project", "expand")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +48,11 @@ class StageSpec:
     repeats: int
     se_ratio: float = 0.0
     id_skip: bool = True
+    # fused stages: which conv strides. "project" (the 1x1 projection): tensorflow/tpu's
+    # MBConvBlockWithoutDepthwise from the EdgeTPU release (631fb4c, 2019-07) until
+    # 32572cb (2020-12), so the released EdgeTPU checkpoints; "expand" (the kxk
+    # expansion): tensorflow/tpu and timm (666de85c, 2021-02) since. README: "The families".
+    fused_stride: str = "project"
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -60,6 +66,10 @@ class StageSpec:
             raise ValueError(f"StageSpec.se_ratio must be in [0, 1], got {self.se_ratio!r}")
         if self.kind == FUSED and self.se_ratio:
             raise ValueError("fused stages have no squeeze-excitation: se_ratio must be 0")
+        if self.fused_stride not in _FUSED_STRIDES or (
+                self.kind != FUSED and self.fused_stride != "project"):
+            raise ValueError(f"StageSpec.fused_stride must be one of {_FUSED_STRIDES} (and "
+                             f"'project' for mbconv stages), got {self.fused_stride!r}")
 
     def encode(self) -> str:
         """The tensorflow/tpu-style string form, e.g. 'r2_k3_s2_e6_i16_o24_se0.25'."""
@@ -74,7 +84,7 @@ class StageSpec:
         if self.se_ratio:
             parts.append(f"se{self.se_ratio:g}")
         if self.kind == FUSED:
-            parts.append("fused")
+            parts.append("fused" if self.fused_stride == "project" else "fusedx")
         if not self.id_skip:
             parts.append("noskip")
         return "_".join(parts)
@@ -86,8 +96,9 @@ class StageSpec:
         keys = {"r": "repeats", "k": "kernel_size", "s": "strides", "e": "expand_ratio",
                 "i": "filters_in", "o": "filters_out"}
         for part in text.split("_"):
-            if part == "fused":
+            if part in ("fused", "fusedx"):
                 fields["kind"] = FUSED
+                fields["fused_stride"] = "project" if part == "fused" else "expand"
             elif part == "noskip":
                 fields["id_skip"] = False
             elif m := re.fullmatch(r"se(\d+(?:\.\d+)?)", part):

@@ -77,6 +77,31 @@ def test_b8_and_l2_have_timms_parameter_counts(variant, trainable):
         constructor(weights="imagenet")
 
 
+def test_fused_stride_on_the_expansion_is_a_stage_field():
+    """The released EdgeTPU checkpoints need the stride on the 1x1 projection (the default);
+    `fused_stride="expand"` puts it on the kxk expansion, as timm and tensorflow/tpu do
+    today: same weights, same output shape, another function."""
+    import dataclasses
+
+    from keras_effnet.builder import build_efficientnet
+
+    spec = ke.get_variant("edgetpu-s")
+    moved = dataclasses.replace(spec, stages=tuple(
+        dataclasses.replace(s, fused_stride="expand") if s.kind == "fused" else s
+        for s in spec.stages))
+    ours = build_efficientnet(spec, input_shape=(64, 64, 3))
+    theirs = build_efficientnet(moved, input_shape=(64, 64, 3))
+    assert ours.get_layer("block2a_project_conv").strides == (2, 2)
+    assert ours.get_layer("block2a_expand_conv").strides == (1, 1)
+    assert theirs.get_layer("block2a_expand_conv").strides == (2, 2)
+    assert theirs.get_layer("block2a_project_conv").strides == (1, 1)
+    assert theirs.get_layer("block1a_expand_conv").strides == (1, 1)  # stride-1 stage
+    theirs.set_weights(ours.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    a, b = ours.predict(x, verbose=0), theirs.predict(x, verbose=0)
+    assert a.shape == b.shape == (2, 1000) and not np.allclose(a, b, atol=1e-4)
+
+
 def test_lite_has_no_se_and_relu6():
     model = ke.EfficientNetLite0(weights=None)
     assert not [layer for layer in model.layers if "se_" in layer.name]

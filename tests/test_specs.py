@@ -55,6 +55,18 @@ def test_bad_stage_string(bad):
         StageSpec.decode(bad)
 
 
+def test_fused_stride_round_trips_and_is_checked():
+    stage = EDGETPU_STAGES[1]
+    moved = dataclasses.replace(stage, fused_stride="expand")
+    assert moved.encode() == "r2_k3_s2_e8_i24_o32_fusedx"
+    assert StageSpec.decode(moved.encode()) == moved
+    assert StageSpec.decode(stage.encode()) == stage and stage.fused_stride == "project"
+    with pytest.raises(ValueError, match="fused_stride"):
+        dataclasses.replace(B0_STAGES[1], fused_stride="expand")
+    with pytest.raises(ValueError, match="fused_stride"):
+        dataclasses.replace(stage, fused_stride="depthwise")
+
+
 def test_stage_rows_validate():
     with pytest.raises(ValueError, match="se_ratio"):
         StageSpec(kind="fused", kernel_size=3, strides=1, expand_ratio=4, filters_in=24,
