@@ -17,6 +17,9 @@
     keras-effnet train --data DIR --out DIR   the paper's recipe under tf.distribute;
                                           run again after a crash to resume
     keras-effnet search --data DIR --out DIR  alpha/beta/gamma grid search (paper step 1)
+    keras-effnet convert CKPT --model b3 --out b3.weights.h5
+                                          a tensorflow/tpu checkpoint (folder or prefix) as
+                                          Keras weights (moving averages, as tpu evaluates)
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ flags.DEFINE_string("weights", "imagenet", "'imagenet', a weight file, or 'none'
 flags.DEFINE_integer("top", 5, "how many classes `classify` prints per image")
 flags.DEFINE_float("phi", None, "compound coefficient for `info` instead of a named variant")
 flags.DEFINE_boolean("stages", False, "`info` also prints the scaled stage table")
-flags.DEFINE_string("out", None, "`export`: folder for the artifacts")
+flags.DEFINE_string("out", None, "`export`: folder for the artifacts; `convert`: the "
+                    ".weights.h5 to write")
 flags.DEFINE_list("formats", None, "`export`: some of saved_model,float32,float16,dynamic,"
                   "int8,uint8,edgetpu (default: all)")
 flags.DEFINE_string("se", "keep", "`export`: SE strategy keep|float|hard|pool|remove, or "
@@ -346,8 +350,19 @@ def _search(args: list[str]) -> int:
     return 0
 
 
+def _convert(args: list[str]) -> int:
+    from keras_effnet.tf_checkpoint import convert_checkpoint
+
+    if len(args) != 1 or not FLAGS.out:
+        raise app.UsageError("usage: keras-effnet convert CKPT_DIR --model b3 "
+                             "--out FILE.weights.h5 [--overwrite]")
+    out = convert_checkpoint(args[0], FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite)
+    print(f"wrote {out}: load it with keras_effnet.build({FLAGS.model!r}, weights={out!r})")
+    return 0
+
+
 _COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam,
-             "train": _train, "search": _search}
+             "train": _train, "search": _search, "convert": _convert}
 
 
 def main(argv: list[str]) -> int:
