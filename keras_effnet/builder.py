@@ -88,7 +88,13 @@ def _stem(x, variant: VariantSpec, include_preprocessing: bool):
     """Rescaling and normalisation (optional), then the strided 3x3 conv, BN, activation."""
     if include_preprocessing:
         x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
-        x = Normalization(variant.input_mean, variant.input_std, name="normalization")(x)
+        mean, std = variant.input_mean, variant.input_std
+        channels = x.shape[-1]
+        if channels is not None and channels != len(mean):
+            # grayscale, RGBA, multispectral (weights=None only): no statistics to apply,
+            # as keras.applications' unadapted Normalization (mean 0, variance 1)
+            mean, std = (0.0,) * channels, (1.0,) * channels
+        x = Normalization(mean, std, name="normalization")(x)
     x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), 3), name="stem_conv_pad")(x)
     x = layers.Conv2D(
         stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,

@@ -49,7 +49,9 @@ Args:
         path of a `.weights.h5`, legacy `.h5` (Keras' official layout) or
         `.keras` file{pth_note}. Defaults to `{default_weights}`.
     input_tensor: optional Keras tensor to use as the image input.
-    input_shape: optional `(height, width, 3)`; at least 32 px. Defaults to
+    input_shape: optional `(height, width, channels)`; at least 32 px; 3 channels with
+        pretrained weights, any number with `weights=None` (the stem then only scales
+        to 0-1, as keras.applications does). Defaults to
         `({resolution}, {resolution}, 3)` with `include_top`, else `(None, None, 3)`.
     pooling: with `include_top=False`: `None` (4D feature map), `"avg"` or `"max"`.
     classes: number of classes of the classifier; 1000 with ImageNet weights.

@@ -102,6 +102,21 @@ def test_fused_stride_on_the_expansion_is_a_stage_field():
     assert a.shape == b.shape == (2, 1000) and not np.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_grayscale_and_four_band_inputs_match_keras_applications(channels):
+    """weights=None with 1 or 4 channels (scans, RGBA, multispectral): the stem scales to
+    0-1 and normalises with no statistics, as keras.applications' unadapted Normalization
+    does; with the same weights the outputs equal keras.applications'."""
+    ours = ke.EfficientNetB0(weights=None, input_shape=(64, 64, channels), classes=5)
+    theirs = _keras_app("b0", input_shape=(64, 64, channels), classes=5)
+    assert _signature(ours) == _signature(theirs)
+    ours.set_weights(theirs.get_weights())
+    x = np.random.default_rng(channels).uniform(0, 255, (2, 64, 64, channels)).astype("float32")
+    np.testing.assert_allclose(ours.predict(x, verbose=0), theirs.predict(x, verbose=0),
+                               atol=1e-5)
+    assert ours.get_layer("normalization").mean == (0.0,) * channels
+
+
 def test_lite_has_no_se_and_relu6():
     model = ke.EfficientNetLite0(weights=None)
     assert not [layer for layer in model.layers if "se_" in layer.name]
