@@ -200,48 +200,72 @@ def quantize_aware(model: keras.Model, calibration=None):
         return qat
 
 
-def calibrate_ranges(qat, rebuilt, images) -> int:
+def calibrate_ranges(qat, rebuilt, images, batch_size: int = 8) -> int:
     """Set every fake-quantization range of `qat` from the float model `rebuilt` (its
-    tf_keras twin, same layer names): activations from their values on `images`, weights
-    from the weights. Returns how many ranges were set.
+    tf_keras twin, same layer names): activations from their extremes on `images` (run in
+    batches: only each layer's minimum and maximum are kept), weights from the weights.
+    Returns how many ranges were set.
 
     tfmot starts every activation range at [-6, 6] and moves it by a moving average
     (decay 0.999) during training, so an uncalibrated QAT model clips 0-255 pixels to 6:
     its predictions ignore the image, and a short fine-tune cannot recover from that."""
-    k2, _ = _modules()
-    images = np.asarray(images, np.float32)
-    layers = rebuilt.layers[1:]
-    probe = k2.Model(rebuilt.inputs, [t for layer in layers for t in (layer.input, layer.output)])
-    values = probe.predict(images, verbose=0)
-    seen = {layer.name: (values[2 * i], values[2 * i + 1]) for i, layer in enumerate(layers)}
-    count = 0
+    targets = _range_variables(qat)
+    expected = sum(1 for v in qat.weights if _RANGE_FIELD.search(v.name.rsplit("/", 1)[-1]))
+    if len(targets) != expected:
+        raise RuntimeError(f"found {len(targets)} of the QAT model's {expected} quantization "
+                           "ranges: tfmot's variables are not where this code expects them")
+    extremes = _activation_extremes(rebuilt, np.asarray(images, np.float32), batch_size,
+                                    pre_activation=sorted({name for _, name, kind, _ in targets
+                                                           if kind == "pre_activation"}))
+    for variable, name, kind, end in targets:
+        if "kernel" in kind:
+            low, high = _kernel_range(rebuilt.get_layer(name).weights[0].numpy(),
+                                      tuple(variable.shape))
+        else:
+            if tuple(variable.shape):
+                raise RuntimeError(f"{variable.name}: expected a per-tensor activation range")
+            low, high = extremes[(name, kind == "pre_activation")]
+            low, high = min(low, 0.0), max(high, 0.0)  # a quantized range holds 0
+        variable.assign(low if end == "min" else high)
+    return len(targets)
+
+
+def _range_variables(qat) -> list[tuple]:
+    """(variable, layer name in the float model or None for the input, kind, "min"|"max")
+    for every range variable. tfmot's QuantizeLayer quantizes the model's input; a
+    QuantizeWrapper holds a layer named as in the float model (the wrappers' own names
+    get suffixes when a process builds several QAT models, so they are not used)."""
+    found = []
     for wrapper in qat.layers:
-        # tfmot's QuantizeLayer quantizes the model's input; a QuantizeWrapper holds a layer
-        # named as in `rebuilt` (the wrappers' own names get suffixes when a process builds
-        # several QAT models, so they are not used)
         inner = getattr(wrapper, "layer", None)
-        name = None if inner is None else inner.name
         for variable in wrapper.weights:
             field = _RANGE_FIELD.search(variable.name.rsplit("/", 1)[-1])
-            if field is None:
-                continue
-            kind, end = field.groups()
-            if inner is None:
-                array = images
-            elif "kernel" in kind:
-                array = rebuilt.get_layer(name).weights[0].numpy()
-            elif kind == "pre_activation":
-                array = _pre_activation(rebuilt.get_layer(name), seen[name][0])
-            else:
-                array = seen[name][1]
-            low, high = _range(array, tuple(variable.shape), symmetric="kernel" in kind)
-            variable.assign(low if end == "min" else high)
-            count += 1
-    expected = sum(1 for v in qat.weights if _RANGE_FIELD.search(v.name.rsplit("/", 1)[-1]))
-    if count != expected:
-        raise RuntimeError(f"calibrated {count} of the QAT model's {expected} quantization "
-                           "ranges: tfmot's variables are not where this code expects them")
-    return count
+            if field is not None:
+                found.append((variable, None if inner is None else inner.name, *field.groups()))
+    return found
+
+
+def _activation_extremes(rebuilt, images, batch_size: int, pre_activation: list[str]) -> dict:
+    """{(layer name, before its activation): (min, max)} over `images`; (None, False) is
+    the input's."""
+    k2, _ = _modules()
+    layers = rebuilt.layers[1:]
+    probe = k2.Model(rebuilt.inputs, [layer.output for layer in layers]
+                     + [rebuilt.get_layer(name).input for name in pre_activation])
+    extremes = {(None, False): (float(images.min()), float(images.max()))}
+
+    def update(key, array):
+        low, high = float(np.min(array)), float(np.max(array))
+        old = extremes.get(key, (low, high))
+        extremes[key] = (min(old[0], low), max(old[1], high))
+
+    for start in range(0, len(images), batch_size):
+        values = probe(images[start:start + batch_size], training=False)
+        for layer, value in zip(layers, values[:len(layers)]):
+            update((layer.name, False), np.asarray(value))
+        for name, value in zip(pre_activation, values[len(layers):]):
+            update((name, True), _pre_activation(rebuilt.get_layer(name), np.asarray(value)))
+    return extremes
 
 
 # tfmot's range variables: kernel_min, depthwise_kernel_max, post_activation_min,
@@ -260,19 +284,15 @@ def _pre_activation(layer, inputs: np.ndarray) -> np.ndarray:
     return np.asarray(twin(inputs))
 
 
-def _range(array: np.ndarray, shape: tuple, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) of `array`, per channel when `shape` is (channels,), always spanning 0;
-    `symmetric` (weights: TFLite's int8 kernels need a zero point of 0) as (-m, m)."""
+def _kernel_range(kernel: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(-m, m) with m the largest |weight|, per output channel when `shape` is (channels,)
+    (symmetric: TFLite's int8 kernels need a zero point of 0)."""
     if shape:  # per-axis: the axis of that many channels, the last one that fits
-        axis = max(a for a in range(array.ndim) if array.shape[a] == shape[0])
-        flat = np.moveaxis(array, axis, -1).reshape(-1, shape[0])
-        low, high = flat.min(0), flat.max(0)
+        axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == shape[0])
+        high = np.abs(np.moveaxis(kernel, axis, -1).reshape(-1, shape[0])).max(0)
     else:
-        low, high = array.min(), array.max()
-    if symmetric:
-        high = np.maximum(np.abs(low), np.abs(high))
-        return -high, high
-    return np.minimum(low, 0.0), np.maximum(high, 0.0)
+        high = np.abs(kernel).max()
+    return -high, high
 
 
 def _quantize_aware(rebuilt):
