@@ -32,8 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "lite0", "variant for `classify`/`export` (b0-b7, lite0-4, "
-                    "edgetpu-s/m/l), or for `export` a .keras file (keras-effnet train's model)")
+flags.DEFINE_string("model", "lite0", "variant for `classify`/`export`/`convert` (b0-b8, l2, "
+                    "lite0-4, edgetpu-s/m/l), or for `export` a .keras file (keras-effnet "
+                    "train's model)")
 flags.DEFINE_string("tflite", None, "`classify`: run this .tflite in MediaPipe's ImageClassifier")
 flags.DEFINE_string("target", None, "`export`: android (uint8 + float16 with metadata), coral "
                     "(Edge TPU file + op report), server (SavedModel) or all; overrides --formats")
