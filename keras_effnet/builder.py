@@ -185,12 +185,13 @@ def build_efficientnet(
         img_input = input_tensor
 
     x = _stem(img_input, variant, include_preprocessing)
-    for plan in plan_blocks(variant, drop_connect_rate):
+    plans = plan_blocks(variant, drop_connect_rate)
+    for plan in plans:
         x = block_fn(plan, variant.activation)(x)
     x = _head(x, variant, include_top, pooling, classes, classifier_activation, dropout_rate)
 
     inputs = img_input if input_tensor is None else keras.utils.get_source_inputs(input_tensor)
-    with _recursion_limit(len(plan_blocks(variant)) * 40):
+    with _recursion_limit(len(plans) * 40):
         model = keras.Model(inputs, x, name=name or variant.model_name)
 
     if pretrained:
