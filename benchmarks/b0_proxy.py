@@ -5,14 +5,18 @@ weights cannot be had: B0 distilled from EfficientNet-Lite0's real weights.
 
 Lite0 is B0 without squeeze-excitation and with ReLU6 instead of swish, so
 every Lite0 weight fits the matching B0 layer. The proxy starts from those,
-with each SE gate at a constant ~0.98 (reduce kernel 0, expand bias 4), and is
-then fitted for a few hundred steps (about 7 minutes on 2 cores) so that its logits match
-Lite0's on random
-crops of photos (scikit-image's and ../shared/data/photos, never the
-evaluation set). The SE layers learn real, input-dependent gates and the swish
-activations get BatchNorm statistics of a trained network: quantization then
-meets the activation ranges it would meet in the official B0, which a
-random-weight B0 (chaotic under any perturbation) does not show.
+with each SE gate near a constant ~0.98 (small random reduce and expand kernels,
+expand bias 4), and is then fitted for a few hundred steps (about 8 minutes on 2
+cores) so that its logits match Lite0's on random crops of photos
+(scikit-image's and ../shared/data/photos, never the evaluation set); the swish
+activations get BatchNorm statistics from photos.
+
+Limits, measured: after 400 steps the SE kernels have barely moved from their
+start (mean |k| about 0.009), so the gates stay near-constant; and Lite0's weights
+were trained under ReLU6's cap, which swish removes, so some activations span far
+wider ranges than a B0 trained with swish would have (block1a's projection output:
+int8 scale 0.67, a range of about 170). Integer quantization of this proxy is
+therefore harder than of the real B0: its uint8 file keeps 38% top-1 agreement.
 
 The result is cached as `<KERAS_HOME>/models/keras_effnet/b0_distilled_from_lite0.weights.h5`
 with a JSON record of how it was made and how close it came to Lite0.
@@ -36,6 +40,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 CACHE_NAME = "b0_distilled_from_lite0.weights.h5"
 SE_GATE_BIAS = 4.0  # sigmoid(4) = 0.982: SE starts as a near-identity gate
+# Zero SE kernels would be a fixed point of gradient descent (swish(0) = 0 gives the
+# expand kernel no gradient, and the reduce kernel's gradient is proportional to the
+# expand kernel): the SE branches would stay dead. Small random kernels let them learn.
+SE_KERNEL_STD = 0.01
+RECIPE = "se-random-0.01"  # part of the cache record: a proxy made another way is rebuilt
 
 
 def cache_path() -> pathlib.Path:
@@ -43,12 +52,13 @@ def cache_path() -> pathlib.Path:
     return pathlib.Path(home) / "models" / "keras_effnet" / CACHE_NAME
 
 
-def transplant_lite0(lite0, b0) -> int:
+def transplant_lite0(lite0, b0, seed: int = 0) -> int:
     """Copy every Lite0 weight into the B0 layer of the same name; set the SE
-    layers (absent in Lite0) to a constant near-identity gate. Returns how many
-    layers were copied."""
+    layers (absent in Lite0) to a near-identity gate with small random kernels.
+    Returns how many layers were copied."""
     import numpy as np
 
+    rng = np.random.default_rng(seed)
     lite = {layer.name: layer for layer in lite0.layers}
     copied = 0
     for layer in b0.layers:
@@ -59,13 +69,17 @@ def transplant_lite0(lite0, b0) -> int:
             copied += 1
         elif layer.name.endswith("_se_reduce"):
             kernel, bias = layer.get_weights()
-            layer.set_weights([np.zeros_like(kernel), np.zeros_like(bias)])
+            layer.set_weights([_small(rng, kernel), np.zeros_like(bias)])
         elif layer.name.endswith("_se_expand"):
             kernel, bias = layer.get_weights()
-            layer.set_weights([np.zeros_like(kernel), np.full_like(bias, SE_GATE_BIAS)])
+            layer.set_weights([_small(rng, kernel), np.full_like(bias, SE_GATE_BIAS)])
         else:
             raise ValueError(f"B0 layer {layer.name!r} has weights but no Lite0 counterpart")
     return copied
+
+
+def _small(rng, like):
+    return rng.normal(0.0, SE_KERNEL_STD, like.shape).astype(like.dtype)
 
 
 def _photo_sources():
@@ -90,7 +104,7 @@ def distil(steps: int = 400, batch: int = 16, learning_rate: float = 3e-4, seed:
     keras.utils.set_random_seed(seed)
     teacher = ke.build("lite0", weights="imagenet")
     student = ke.build("b0", weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
-    copied = transplant_lite0(teacher, student)
+    copied = transplant_lite0(teacher, student, seed)
     size = student.input_shape[1]
     sources = _photo_sources()
     # a fixed pool of random crops and flips, 128 of them held out
@@ -125,8 +139,9 @@ def distil(steps: int = 400, batch: int = 16, learning_rate: float = 3e-4, seed:
     seconds = time.perf_counter() - start
     log(f"after {steps} steps ({seconds:.0f} s): top-1 agreement with Lite0 "
         f"{100 * after[0]:.1f}%, logit MSE {after[1]:.3f} (held-out crops)")
-    record = {"teacher": "EfficientNetLite0 (ImageNet weights)", "steps": steps, "batch": batch,
-              "learning_rate": learning_rate, "seed": seed, "crops": len(pool),
+    record = {"teacher": "EfficientNetLite0 (ImageNet weights)", "recipe": RECIPE,
+              "steps": steps, "batch": batch, "learning_rate": learning_rate, "seed": seed,
+              "crops": len(pool),
               "photos": len(sources), "seconds": round(seconds, 1),
               "agreement_before": before[0], "mse_before": before[1],
               "agreement_after": after[0], "mse_after": after[1]}
@@ -160,7 +175,8 @@ def load_or_distil(steps: int = 400, batch: int = 16, log=print):
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         record = json.loads(meta.read_text())
-        if record.get("steps") == steps and record.get("batch") == batch:
+        if (record.get("steps"), record.get("batch"), record.get("recipe")) == (
+                steps, batch, RECIPE):
             model = ke.build("b0", weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
             model.load_weights(path)
             log(f"distilled B0 proxy loaded from {path}")

@@ -40,7 +40,7 @@ from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
 from keras_effnet.files import check_destination, write_bytes
 
-__all__ = ["calibrate_ranges", "qat_to_tflite", "quantize_aware", "to_tf_keras"]
+__all__ = ["calibrate_ranges", "floor_ranges", "qat_to_tflite", "quantize_aware", "to_tf_keras"]
 
 _PLAIN = ("linear", None)
 _TFMOT_ACTIVATIONS = ("relu", "relu6", "softmax", "linear")
@@ -215,9 +215,10 @@ def calibrate_ranges(qat, rebuilt, images, batch_size: int = 8) -> int:
         raise RuntimeError(f"found {len(targets)} of the QAT model's {expected} quantization "
                            "ranges: tfmot's variables are not where this code expects them")
     extremes = _activation_extremes(rebuilt, np.asarray(images, np.float32), batch_size,
-                                    pre_activation=sorted({name for _, name, kind, _ in targets
-                                                           if kind == "pre_activation"}))
-    for variable, name, kind, end in targets:
+                                    pre_activation=sorted({layer.name for _, layer, kind, _
+                                                           in targets if kind == "pre_activation"}))
+    for variable, layer, kind, end in targets:
+        name = None if layer is None else layer.name
         if "kernel" in kind:
             low, high = _kernel_range(rebuilt.get_layer(name).weights[0].numpy(),
                                       tuple(variable.shape))
@@ -225,13 +226,56 @@ def calibrate_ranges(qat, rebuilt, images, batch_size: int = 8) -> int:
             if tuple(variable.shape):
                 raise RuntimeError(f"{variable.name}: expected a per-tensor activation range")
             low, high = extremes[(name, kind == "pre_activation")]
-            low, high = min(low, 0.0), max(high, 0.0)  # a quantized range holds 0
         variable.assign(low if end == "min" else high)
+    floor_ranges(qat)
     return len(targets)
 
 
+# Floors for degenerate ranges: a pruned or dead branch (all-zero kernels, a constant-zero
+# activation) is a legitimate model, but a zero-width range made the converter quantize a
+# bias of 4 with a scale of 1.5e-17: the int32 saturated and the SE gate read 0.5, not
+# sigmoid(4) = 0.98. An activation range holds 0 and is at least MIN_ACTIVATION_WIDTH
+# wide; a kernel's range is at least MIN_KERNEL_RANGE and wide enough that its bias fits
+# within BIAS_LIMIT at scale (input scale x kernel scale) for any input range the floor
+# allows. Only near-zero kernels with a large bias are widened (a zero kernel quantizes
+# exactly at any scale).
+MIN_ACTIVATION_WIDTH = 1e-3
+MIN_KERNEL_RANGE = 1e-6
+BIAS_LIMIT = 2.0 ** 30
+
+
+def floor_ranges(qat) -> int:
+    """Apply the floors above to every range of `qat`; returns how many ranges changed.
+    Run after calibration and again before conversion: tfmot resets kernel ranges to the
+    weights' extremes at every training step and moves activation ranges toward a
+    constant's zero width."""
+    changed = 0
+    ranges = {}  # (layer, kind) -> [layer, {"min": variable, "max": variable}]
+    for variable, layer, kind, end in _range_variables(qat):
+        ranges.setdefault((id(layer), kind), [layer, {}])[1][end] = variable
+    for (_, kind), (layer, ends) in ranges.items():
+        low, high = ends["min"].numpy(), ends["max"].numpy()
+        if "kernel" in kind:
+            bias = getattr(layer, "bias", None)
+            floor = np.full_like(high, MIN_KERNEL_RANGE)
+            if bias is not None:
+                input_scale = MIN_ACTIVATION_WIDTH / 255
+                needed = 127 * np.abs(bias.numpy()) / (input_scale * BIAS_LIMIT)
+                floor = np.maximum(floor, needed if needed.shape == high.shape else needed.max())
+            new_high = np.maximum(np.maximum(high, -low), floor)
+            new_low = -new_high
+        else:
+            new_low = np.minimum(low, 0.0)
+            new_high = np.maximum(np.maximum(high, 0.0), new_low + MIN_ACTIVATION_WIDTH)
+        if not (np.array_equal(new_low, low) and np.array_equal(new_high, high)):
+            ends["min"].assign(new_low)
+            ends["max"].assign(new_high)
+            changed += 1
+    return changed
+
+
 def _range_variables(qat) -> list[tuple]:
-    """(variable, layer name in the float model or None for the input, kind, "min"|"max")
+    """(variable, layer in the float model or None for the input, kind, "min"|"max")
     for every range variable. tfmot's QuantizeLayer quantizes the model's input; a
     QuantizeWrapper holds a layer named as in the float model (the wrappers' own names
     get suffixes when a process builds several QAT models, so they are not used)."""
@@ -241,7 +285,7 @@ def _range_variables(qat) -> list[tuple]:
         for variable in wrapper.weights:
             field = _RANGE_FIELD.search(variable.name.rsplit("/", 1)[-1])
             if field is not None:
-                found.append((variable, None if inner is None else inner.name, *field.groups()))
+                found.append((variable, inner, *field.groups()))
     return found
 
 
@@ -345,6 +389,7 @@ def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
         if mode == "uint8":
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
+        floor_ranges(qat_model)  # fine-tuning may have undone them
         content = converter.convert()
     write_bytes(path, content, overwrite)
     return path

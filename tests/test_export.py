@@ -22,6 +22,8 @@ from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.tflite import convert
 from keras_effnet.layers import BatchNormalization as FusedBatchNormalization
 
+SE_GATE_BIAS = 4.0  # a pruned SE branch: zero kernels and a constant gate sigmoid(4)
+
 
 @pytest.fixture(scope="module")
 def small():
@@ -479,7 +481,9 @@ def test_cli_export_writes_and_verifies(tmp_path):
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory):
     """A small model with photo BatchNorm statistics, QAT-annotated, fitted one epoch and
-    converted to uint8: (model, qat model, inputs, .tflite path, weights before fit)."""
+    converted to uint8: (model, qat model, inputs, .tflite path, weights before fit).
+    block1a's SE branch is pruned (zero kernels, expand bias 4: a constant gate), which a
+    real model may have and which once broke the file (test_qat_file_keeps_a_pruned_se)."""
     import importlib.util
 
     if importlib.util.find_spec("tensorflow_model_optimization") is None:
@@ -489,6 +493,10 @@ def qat_run(tmp_path_factory):
     from keras_effnet.export.qat import qat_to_tflite, quantize_aware
 
     model = photo_model(32)  # BatchNorm statistics from photos: features that tell photos apart
+    for name, bias in (("block1a_se_reduce", 0.0), ("block1a_se_expand", SE_GATE_BIAS)):
+        kernel, _ = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([np.zeros_like(kernel),
+                                           np.full(kernel.shape[-1], bias, "float32")])
     x = calibration_views(kx.bundled_photos()[0], 32, 8, seed=5)
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     qat = quantize_aware(model)
@@ -517,6 +525,30 @@ def test_quantize_aware_fine_tunes_and_exports_int8(qat_run):
     graph = kx.read_model(path)
     assert graph.inputs[0].dtype == "UINT8"
     assert {op.outputs[0].dtype for op in graph.ops if op.op == "CONV_2D"} == {"INT8"}
+
+
+def test_qat_file_keeps_a_pruned_se(qat_run):
+    """A zero kernel gave a zero-width range, and the converter quantized block1a's
+    se_expand bias (4.0) at a scale of 1.5e-17: the int32 saturated at 2^31 - 1 and the
+    gate read 0.5 instead of sigmoid(4) = 0.98 (the B0 QAT file scored 1%). The ranges
+    now have floors that keep every bias within 2^30 (export/qat.py, floor_ranges), also
+    after the fine-tune, which resets kernel ranges to the weights' extremes."""
+    _, qat, _, path, _, _ = qat_run
+    graph = kx.read_model(path)
+    biases = {op.inputs[2].name: op.inputs[2].data.view("<i4") for op in graph.ops
+              if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+              and len(op.inputs) > 2 and op.inputs[2].dtype == "INT32"}
+    pruned = [name for name in biases if "block1a_se_expand" in name]
+    assert pruned, sorted(biases)
+    for name, values in biases.items():
+        assert np.abs(values.astype(np.int64)).max() <= 2 ** 30 + 2 ** 20, name
+    (bias,) = pruned
+    (trained,) = [layer.layer.bias.numpy() for layer in qat.layers
+                  if getattr(layer, "layer", None) is not None
+                  and layer.layer.name == "block1a_se_expand"]
+    # the fine-tuned bias survived: large integers of its signs, not zeros or saturation
+    assert np.abs(biases[bias]).min() > 2 ** 20
+    np.testing.assert_array_equal(np.sign(biases[bias]), np.sign(trained))
 
 
 @pytest.fixture(scope="module")
