@@ -28,6 +28,7 @@ setup(
         "absl-py",
         "ai-edge-litert",  # runs .tflite files (verify, tests)
         "safetensors",  # weights=<file>.safetensors: PyTorch state dicts, never a pickle
+        "huggingface_hub>=0.30",  # named weight sets: timm's safetensors ports on the Hub
         "tensorboard",  # training logs (keras.callbacks.TensorBoard)
     ],
     extras_require={

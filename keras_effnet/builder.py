@@ -8,12 +8,14 @@ weighted layers are those of keras.applications' EfficientNetB0-B7.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 
 import keras
 from keras import layers
 
+from keras_effnet import weight_sets
 from keras_effnet import weights as weights_lib
 from keras_effnet.blocks import (
     CONV_KERNEL_INITIALIZER,
@@ -24,28 +26,46 @@ from keras_effnet.blocks import (
     same_padding,
     spatial_shape,
 )
+from keras_effnet.hub import parse_hub_spec
 from keras_effnet.layers import BatchNormalization, Normalization
 from keras_effnet.scaling import MIN_INPUT_SIZE, head_filters, plan_blocks, stem_filters
 from keras_effnet.specs import VariantSpec
+from keras_effnet.weight_sets import SET_NAMES
 
 __all__ = ["build_efficientnet"]
 
 
 
 def _check_weights_arg(weights) -> None:
-    if weights is None or weights == "imagenet":
+    if weights is None or weights in SET_NAMES:
+        return
+    if isinstance(weights, str) and weights.startswith("hub:"):
+        parse_hub_spec(weights)
         return
     if isinstance(weights, (str, os.PathLike)):
         if os.path.isfile(weights):
             return
         raise ValueError(
             f"weights={str(weights)!r}: no such file. Expected None (random "
-            "initialization), 'imagenet', or the path of a .weights.h5, .h5, .keras, "
+            f"initialization), a weight set ({', '.join(repr(s) for s in SET_NAMES)}), "
+            "'hub:<owner>/<repo>', or the path of a .weights.h5, .h5, .keras, "
             ".safetensors (a timm-layout PyTorch state dict) or (Lite) .pth file."
         )
     raise ValueError(
-        f"weights must be None, 'imagenet' or a file path, got {type(weights).__name__}"
+        f"weights must be None, a weight set name, 'hub:<repo id>' or a file path, got "
+        f"{type(weights).__name__}"
     )
+
+
+def _with_weight_set(variant: VariantSpec, weights) -> VariantSpec:
+    """The variant with the named weight set's normalisation and resolution: the built-in
+    preprocessing and the default input size follow the weights (AdvProp, Lite and EdgeTPU
+    sets were trained on other input statistics; Lite3/4 were validated at 300/380 px)."""
+    if weights not in SET_NAMES:
+        return variant
+    ws = weight_sets.find(variant.name, weights, variant.constructor_name)
+    return dataclasses.replace(variant, input_mean=ws.mean, input_std=ws.std,
+                               resolution=ws.resolution)
 
 
 @contextlib.contextmanager
@@ -62,9 +82,9 @@ def _recursion_limit(limit: int):
 
 def _check_arguments(weights, include_top, classes, pooling, classifier_activation,
                      drop_connect_rate, dropout_rate) -> None:
-    if weights == "imagenet" and include_top and classes != 1000:
+    if weights in SET_NAMES and include_top and classes != 1000:
         raise ValueError(
-            f"weights='imagenet' with include_top=True has a 1000-class head, got "
+            f"weights={weights!r} with include_top=True has a 1000-class head, got "
             f"classes={classes}. Use include_top=False and add your own head, or weights=None."
         )
     if not isinstance(classes, int) or classes < 1:
@@ -170,9 +190,12 @@ def build_efficientnet(
     dropout_rate: float | None = None,
     name: str | None = None,
 ) -> keras.Model:
-    """Build `variant` and load `weights` ('imagenet', a file path, or None)."""
+    """Build `variant` and load `weights` (a weight set name such as 'imagenet',
+    'hub:<repo id>', a file path, or None)."""
     _check_weights_arg(weights)
     pretrained = weights is not None
+    loaded_as = variant
+    variant = _with_weight_set(variant, weights)
     dropout_rate = variant.dropout if dropout_rate is None else dropout_rate
     _check_arguments(weights, include_top, classes, pooling, classifier_activation,
                      drop_connect_rate, dropout_rate)
@@ -195,5 +218,5 @@ def build_efficientnet(
         model = keras.Model(inputs, x, name=name or variant.model_name)
 
     if pretrained:
-        weights_lib.load_into(model, variant, weights, include_top=include_top)
+        weights_lib.load_into(model, loaded_as, weights, include_top=include_top)
     return model

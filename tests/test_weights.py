@@ -314,47 +314,17 @@ def test_lite_equals_pytorch_reference(variant, skimage_photos):
 
 
 def _reference(variant: str, size: int, seed: int = 0):
-    """An independent implementation (efficientnet_lite_pytorch: lukemelas' EfficientNet-
-    PyTorch with the Lite variants) with seeded random weights and BatchNorm statistics."""
-    torch = pytest.importorskip("torch")
-    reference_lib = pytest.importorskip("efficientnet_lite_pytorch")
-    torch.manual_seed(seed)
-    model = reference_lib.EfficientNet.from_name(f"efficientnet-{variant}", image_size=size)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0.0, 0.2)
-    return model.eval()
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from reference import reference_model
+
+    return reference_model(variant, size, seed)
 
 
 def _timm_names(state: dict, model) -> dict:
-    """lukemelas' tensor names -> timm's, from lukemelas' own block arguments: stage s,
-    position j; blocks without expansion are timm's DepthwiseSeparableConv."""
-    from efficientnet_lite_pytorch.utils import round_repeats
+    from reference import timm_names
 
-    where = [(s, j, args.expand_ratio != 1) for s, args in enumerate(model._blocks_args)
-             for j in range(round_repeats(args.num_repeat, model._global_params))]
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-           "_fc": "classifier"}
-    se = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3", **se}
-    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-                 "_bn2": "bn2", **se}
-    out = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            s, j, expand = where[int(parts[1])]
-            module = (expanded if expand else separable)[parts[2]]
-            out[f"blocks.{s}.{j}.{module}.{parts[3]}"] = value
-        else:
-            out[f"{top[parts[0]]}.{parts[1]}"] = value
-    return out
+    return timm_names(state, model)
 
 
 def _save_state(model, path, layout="timm"):

@@ -1,0 +1,140 @@
+"""Every variant x published weight set, from the table in keras_effnet/weight_sets.py,
+and the conversion proof for every variant an independent implementation covers.
+
+    python benchmarks/weights_table.py [--parity_size 240] [--out DIR]
+
+Per set: source and location, revision and sha256 (pinned or "checked against the
+Hub's content hash"), resolution and evaluation crop, input normalisation, trainable
+parameters (counted on the built model), published top-1 and its source.
+
+Parity: for each variant that efficientnet_lite_pytorch (lukemelas' EfficientNet-PyTorch
+with the Lite variants, needs only torch) builds, seeded random weights and randomised
+BatchNorm statistics are saved as a timm-layout safetensors file, loaded into ours
+through `weights=<file>` (the path users take) and both run on scikit-image photos at
+--parity_size px; reported: the relative max logit error. EdgeTPU-S/M/L are not in that
+library (timm has them, but PyPI's torchvision, which timm imports, does not run with the
+CPU torch here): they are listed as not covered.
+Writes weights_table.json and .md, and the README's `weights_table` block.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import _bench
+import numpy as np
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("parity_size", 240, "image size of the parity check (240: a 15x15 stage)")
+flags.DEFINE_list("parity", ["all"], "variants to check against the reference ('all', 'none')")
+flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
+flags.DEFINE_string("name", "weights_table", "results file name")
+flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+
+
+def _params(variant: str) -> int:
+    import keras
+
+    import keras_effnet as ke
+
+    model = ke.build(variant, weights=None, input_shape=(64, 64, 3))
+    count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    del model
+    keras.backend.clear_session()
+    return count
+
+
+def _parity(variant: str, size: int) -> float | None:
+    """Relative max logit error of ours against efficientnet_lite_pytorch with the same
+    random weights; None when the reference has no such variant."""
+    try:
+        import torch
+
+        sys.path.insert(0, str(REPO / "tests"))
+        from reference import reference_model, timm_names  # the tests' own oracle
+    except ImportError:
+        return None
+    from safetensors.numpy import save_file
+
+    import keras_effnet as ke
+
+    try:
+        reference = reference_model(variant, size)
+    except KeyError:
+        return None
+    state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
+    spec = ke.get_variant(variant)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{variant}.safetensors")
+        save_file(timm_names(state, reference), path)
+        ours = ke.build(variant, weights=path, input_shape=(size, size, 3),
+                        classifier_activation=None)
+    import skimage.data
+
+    photos = [ke.load_image(getattr(skimage.data, n)(), size) for n in ("chelsea", "coffee")]
+    x = np.stack(photos)
+    mean, std = np.array(spec.input_mean) * 255, np.array(spec.input_std) * 255
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(((x - mean) / std).astype("float32")
+                                              .transpose(0, 3, 1, 2))).numpy()
+    got = ours.predict(x, verbose=0)
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def _normalisation(ws) -> str:
+    if ws.mean == ws.std == (0.5, 0.5, 0.5):
+        return "x / 127.5 - 1"
+    if round(ws.mean[0] * 255) == 127 and round(ws.std[0] * 255) == 128:
+        return "(x - 127) / 128"
+    return "ImageNet mean/std"
+
+
+def main(argv):
+    del argv
+    import keras_effnet as ke
+    from keras_effnet.weight_sets import WEIGHT_SETS
+
+    variants = list(ke.VARIANTS)
+    check = variants if FLAGS.parity == ["all"] else [v for v in FLAGS.parity if v != "none"]
+    data = {"machine": _bench.machine(), "parity_size": FLAGS.parity_size, "variants": {}}
+    for variant in variants:
+        print(f"{variant}: counting parameters" + (", parity" if variant in check else ""),
+              flush=True)
+        row = {"params": _params(variant),
+               "parity_rel_error": _parity(variant, FLAGS.parity_size) if variant in check
+               else None,
+               "sets": [{"name": ws.name, "source": ws.source, "location": ws.location,
+                             "revision": ws.revision, "sha256": ws.sha256,
+                             "resolution": ws.resolution, "normalisation": _normalisation(ws),
+                             "top1": ws.top1, "top1_source": ws.top1_source, "note": ws.note}
+                        for ws in WEIGHT_SETS if ws.variant == variant]}
+        data["variants"][variant] = row
+    md = ["# Weight sets", "",
+          ("Generated by `benchmarks/weights_table.py` from keras_effnet/weight_sets.py. "
+           "Crop: the centre size / (size + 32) of the shorter side. sha256 \"hub\": "
+           "checked against the Hub's content hash at download (no pinned hash yet). "
+           f"Parity: relative max logit error against efficientnet_lite_pytorch with the "
+           f"same random weights at {FLAGS.parity_size} px (timm-layout safetensors, "
+           "`weights=<file>`); - where that library has no such variant."), "",
+          ("| variant | params | parity | set | source | resolution | normalisation | "
+          "published top-1 |"), "|" + "---|" * 8]
+    for variant, row in data["variants"].items():
+        error = row["parity_rel_error"]
+        parity = "-" if error is None else f"{error:.1e}"
+        for ws in row["sets"]:
+            md.append(f"| {ke.get_variant(variant).constructor_name} | {row['params']:,} | "
+                      f"{parity} | {ws['name']} | {ws['location']} | {ws['resolution']} | "
+                      f"{ws['normalisation']} | {ws['top1']:.1f}% ({ws['top1_source']}) |")
+    _bench.publish(FLAGS.name, data, md, FLAGS.out, FLAGS.update_readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
