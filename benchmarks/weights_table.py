@@ -5,7 +5,8 @@ and the conversion proof for every variant an independent implementation covers.
 
 Per set: source and location, revision and sha256 (pinned or "checked against the
 Hub's content hash"), resolution and evaluation crop, input normalisation, trainable
-parameters (counted on the built model), published top-1 and its source.
+parameters (counted from the plan; tests check that count against built models),
+published top-1 and its source.
 
 Parity: for each variant that efficientnet_lite_pytorch (lukemelas' EfficientNet-PyTorch
 with the Lite variants, needs only torch) builds, seeded random weights and randomised
@@ -40,15 +41,10 @@ flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in READ
 
 
 def _params(variant: str) -> int:
-    import keras
-
     import keras_effnet as ke
+    from keras_effnet.scaling import count_trainable_params
 
-    model = ke.build(variant, weights=None, input_shape=(64, 64, 3))
-    count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    del model
-    keras.backend.clear_session()
-    return count
+    return count_trainable_params(ke.get_variant(variant))  # = the built model's (tests)
 
 
 def _parity(variant: str, size: int) -> float | None:
