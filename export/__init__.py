@@ -37,6 +37,7 @@ from keras_effnet.export.metadata import (
     read_labels,
     read_metadata,
 )
+from keras_effnet.export.onnx import to_onnx
 from keras_effnet.export.pipeline import TARGETS, export_all
 from keras_effnet.export.runtimes import RuntimeCheck, check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import export_saved_model
@@ -84,6 +85,7 @@ __all__ = [
     "read_model",
     "representative_images",
     "to_edgetpu",
+    "to_onnx",
     "to_tflite",
     "verify",
 ]

@@ -23,16 +23,19 @@ from keras_effnet.export.data import (
 )
 from keras_effnet.export.edgetpu import to_edgetpu
 from keras_effnet.export.metadata import check_image_classifier, class_names_for
+from keras_effnet.export.onnx import to_onnx
 from keras_effnet.export.saved_model import export_saved_model
 from keras_effnet.export.se import parse_se
 from keras_effnet.export.tflite import MODES, input_size, to_tflite
 from keras_effnet.export.verify import format_runtime_table, format_table, keras_outputs, verify
 from keras_effnet.files import write_json
 
-__all__ = ["FORMATS", "TARGETS", "artifact_name", "calibration_set", "export_all",
-           "target_formats"]
+__all__ = ["FORMATS", "OPTIONAL_FORMATS", "TARGETS", "artifact_name", "calibration_set",
+           "export_all", "target_formats"]
 
 FORMATS = ("saved_model",) + MODES + ("edgetpu",)
+# also on request (the onnx extra): not in the default set, which needs no extra
+OPTIONAL_FORMATS = ("onnx",)
 # what each place a model ships to takes: phones get the two files MediaPipe runs best
 # (uint8: integer kernels, raw-pixel input; float16: GPU delegates), Coral boards the
 # Edge TPU file and its op report, servers the SavedModel
@@ -50,6 +53,8 @@ def artifact_name(model_name: str, fmt: str, se: str = "keep") -> str:
     suffix = "" if se == "keep" else "_se-" + se.replace("+", "-")
     if fmt == "saved_model":
         return f"{model_name}_saved_model{suffix}"
+    if fmt == "onnx":
+        return f"{model_name}{suffix}.onnx"
     return f"{model_name}_{fmt}{suffix}.tflite"
 
 
@@ -82,9 +87,10 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     staging folder, then copied to `out_dir` whole."""
     if target is not None:
         formats = target_formats(target)
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMATS + OPTIONAL_FORMATS]
     if unknown:
-        raise ValueError(f"unknown format(s) {unknown}: expected some of {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format(s) {unknown}: expected some of "
+                         f"{', '.join(FORMATS + OPTIONAL_FORMATS)}")
     parse_se(se)
     if target == "android":
         check_image_classifier(model)
@@ -119,6 +125,8 @@ def _export_to(model, out_dir: Path, formats, se, calibration, eval_sets, overwr
         start = time.perf_counter()
         if fmt == "saved_model":
             export_saved_model(model, path, overwrite=overwrite, class_names=names)
+        elif fmt == "onnx":
+            to_onnx(model, path, overwrite=overwrite)
         elif fmt == "edgetpu":
             edgetpu = to_edgetpu(model, path, calibration, se=se, overwrite=overwrite,
                                  progress=progress, labels=names)

@@ -36,6 +36,7 @@ from keras_effnet.export.data import (
     calibration_views,
     representative_images,
 )
+from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
 from keras_effnet.files import check_destination, write_bytes
@@ -373,10 +374,11 @@ def _keep_frozen(qat) -> None:
 
 
 def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, labels=None, metadata: bool = True) -> Path:
     """Write a quantization-aware-trained tf_keras model as a full-integer `.tflite`
     (`int8`: float I/O; `uint8`: uint8 I/O). No calibration data is needed: the
-    ranges were learned during training."""
+    ranges were learned during training. The file carries TFLite metadata as
+    `to_tflite` writes it (`labels`: class names, default ImageNet's for 1000 classes)."""
     import tensorflow as tf
 
     if mode not in ("int8", "uint8"):
@@ -391,5 +393,7 @@ def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
             converter.inference_output_type = tf.uint8
         floor_ranges(qat_model)  # fine-tuning may have undone them
         content = converter.convert()
+    if metadata:
+        content = model_metadata(content, qat_model, class_names_for(qat_model, labels))
     write_bytes(path, content, overwrite)
     return path

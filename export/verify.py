@@ -33,6 +33,7 @@ import numpy as np
 from keras_effnet.export.data import labels_from_names, load_folder
 from keras_effnet.export.flatbuffer import read_model
 from keras_effnet.export.metadata import android_problems, class_names_for
+from keras_effnet.export.onnx import onnx_session, run_onnx
 from keras_effnet.export.runtimes import check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import logits_model
 
@@ -224,6 +225,13 @@ def _saved_model_latency(path: Path, shape: tuple, runs: int) -> tuple[float, tu
     return median, (low, high)
 
 
+def _onnx_latency(path: Path, shape: tuple, runs: int) -> tuple[float, tuple]:
+    session = onnx_session(path, threads=1)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).uniform(0, 255, (1,) + shape).astype(np.float32)
+    return _median_ms(lambda: session.run(None, {name: x}), runs)
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -268,7 +276,8 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
     """Compare `artifact` with `model` on `images` and time it.
 
     Args:
-        artifact: a `.tflite` file or a SavedModel folder.
+        artifact: a `.tflite` file, a SavedModel folder or an `.onnx` file (run by ONNX
+            Runtime).
         images: (N, H, W, 3) pixels 0-255, or a folder (loaded at the model's size;
             labels then come from names like `207_n02099601_x.JPEG` when possible).
         labels: ImageNet class indices, to report accuracy.
@@ -285,7 +294,8 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         raise ValueError(f"no artifact at {str(path)!r}")
     images, labels = _evaluation_images(model, images, labels)
     graph = None
-    if path.is_file():
+    onnx = path.suffix == ".onnx"
+    if path.is_file() and not onnx:
         graph = read_model(path)  # parsed once: the compiled-model check and the logits lookup
         _check_runnable(path, graph)
     ref_probs, ref_logits = reference if reference is not None else keras_outputs(model, images)
@@ -294,6 +304,10 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
             raise ValueError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
         probs, logits, fmt = _run_saved_model(path, images)
         timing = _saved_model_latency(path, images.shape[1:3], runs) if runs else None
+    elif onnx:
+        probs, logits = run_onnx(onnx_session(path), images)
+        fmt = "onnx"
+        timing = _onnx_latency(path, images.shape[1:], runs) if runs else None
     else:
         probs, logits, fmt = _run_tflite(path, graph, images)
         timing = _tflite_latency(path, images.shape[1:], runs) if runs else None
@@ -304,7 +318,7 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         sqnr = _sqnr(_log_probs(ref_probs), _log_probs(probs))
     top1, ref_top1 = probs.argmax(1), ref_probs.argmax(1)
     checks, problems = {}, None
-    if runtimes and path.is_file():
+    if runtimes and path.is_file() and not onnx:
         names = class_names if class_names is not None else class_names_for(model)
         checks = {"mediapipe": check_mediapipe(path, images, ref_top1, labels, names),
                   "compiled_model": check_compiled_model(path, images, ref_top1, labels)}

@@ -49,7 +49,7 @@ flags.DEFINE_boolean("stages", False, "`info` also prints the scaled stage table
 flags.DEFINE_string("out", None, "`export`: folder for the artifacts; `convert`: the "
                     ".weights.h5 to write")
 flags.DEFINE_list("formats", None, "`export`: some of saved_model,float32,float16,dynamic,"
-                  "int8,uint8,edgetpu (default: all)")
+                  "int8,uint8,edgetpu (default: all of those), and onnx (the onnx extra)")
 flags.DEFINE_string("se", "keep", "`export`: SE strategy keep|float|hard|pool|remove, or "
                     "several joined with '+'")
 flags.DEFINE_multi_string("calibration", [], "`export`: folder of calibration photos (repeatable); "

@@ -11,7 +11,7 @@ from efficientnet_lite_pytorch.utils import round_repeats
 
 def reference_model(variant: str, size: int, seed: int = 0):
     """`variant` ('b0' ... 'l2', 'lite0' ... 'lite4') with seeded random weights and
-    BatchNorm statistics, in eval mode; KeyError for a variant the library lacks."""
+    BatchNorm statistics, in eval mode; ValueError for a variant the library lacks."""
     torch.manual_seed(seed)
     model = EfficientNet.from_name(f"efficientnet-{variant}", image_size=size)
     for module in model.modules():
@@ -23,11 +23,20 @@ def reference_model(variant: str, size: int, seed: int = 0):
     return model.eval()
 
 
+def _repeats(model, stage: int, last: int, args) -> int:
+    """Blocks in `stage` as the library builds them: Lite keeps the first and last
+    stage's repeats unscaled (`_fix_head_stem`)."""
+    if getattr(model, "_fix_head_stem", False) and stage in (0, last):
+        return args.num_repeat
+    return round_repeats(args.num_repeat, model._global_params)
+
+
 def timm_names(state: dict, model) -> dict:
     """lukemelas' tensor names -> timm's, from lukemelas' own block arguments: stage s,
     position j; blocks without expansion are timm's DepthwiseSeparableConv."""
+    last = len(model._blocks_args) - 1
     where = [(s, j, args.expand_ratio != 1) for s, args in enumerate(model._blocks_args)
-             for j in range(round_repeats(args.num_repeat, model._global_params))]
+             for j in range(_repeats(model, s, last, args))]
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
            "_fc": "classifier"}
     se = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}

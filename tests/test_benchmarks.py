@@ -95,6 +95,23 @@ def test_throughput_one_variant(tmp_path):
         assert memory["inference_rss_mb"] >= memory["build_rss_mb"] > memory["import_rss_mb"] > 0
 
 
+@pytest.mark.slow
+def test_runtimes_one_model(tmp_path):
+    """Every runner of benchmarks/runtimes.py on Lite0, both settings, two rounds."""
+    out = _run("runtimes.py", "--models=lite0", "--runs=2", "--calibration_images=4",
+               f"--out={tmp_path}", "--noupdate_readme")
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "runtimes.json").read_text())
+    for setting, batch in (("single", 1), ("all", 32)):
+        result = data["settings"][setting]
+        assert result["batch"] == batch
+        runners = result["models"]["lite0"]["runners"]
+        assert runners["LiteRT float32 (ours)"]["ratio_to_ours_float32"] == 1.0
+        assert {"LiteRT uint8 (ours)", "ONNX Runtime float32 (ours)",
+                "TensorFlow (ours)"} <= set(runners)
+        assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in runners.values())
+
+
 # measured quantities: a number with a unit of time, speed, size, loss or share, or "N.Nx"
 _MEASURED = re.compile(r"\d+(?:\.\d+)?\s?(?:ms\b|%|dB\b|MB\b|GB\b|img/s|images/s)"
                        r"|\b\d+\.\d+x\b|\bx\s?\d+\.\d+\b")

@@ -1,0 +1,272 @@
+"""Every runtime a user could pick for the same EfficientNet, in one process, interleaved.
+
+    python benchmarks/runtimes.py [--models b0,lite0] [--runs 25] [--out DIR]
+
+Two settings, each in its own process (TensorFlow fixes its thread pools when it
+starts): batch 1 on one thread, and batch 32 on all threads. Per model and setting, every
+runner is timed in 25 rounds; each round runs every runner once, in an order that
+rotates from round to round, so a slow spell of the machine hits all of them. Reported:
+median and p10-p90 per runner, and each runner's ratio to ours in LiteRT float32 (the
+median of the per-round ratios).
+
+Runners (a missing optional runtime is reported and skipped):
+
+* LiteRT float32 / float16 / int8 / uint8: our export (`keras_effnet.export.convert`).
+* ONNX Runtime float32: our model exported to ONNX (`keras_effnet.export.to_onnx`);
+  ONNX Runtime int8: that file quantized by ONNX Runtime's static QDQ quantizer on the
+  same calibration images.
+* PyTorch eager, and ONNX Runtime float32 on the PyTorch model exported by torch: the
+  peer is efficientnet_lite_pytorch (lukemelas' EfficientNet-PyTorch with the Lite
+  variants): the same layers and MACs as timm's model of the name, which cannot run here
+  (timm imports torchvision, whose PyPI wheels are CUDA builds that do not register with
+  the CPU torch).
+* TensorFlow: ours and keras.applications' (B0, B1) called in a tf.function.
+
+Weights are random (ImageNet statistics in the stem): latency does not depend on them.
+Writes runtimes.json and .md, and the README's `runtimes` block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import _bench
+import numpy as np
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["b0", "lite0"], "variants (b0, b1, lite0, ...)")
+flags.DEFINE_integer("runs", 25, "interleaved rounds per model and setting")
+flags.DEFINE_enum("setting", None, ["single", "all"], "run one setting in this process "
+                  "(used by the parent run: single = batch 1, one thread; all = batch 32, "
+                  "all threads)")
+flags.DEFINE_integer("calibration_images", 32, "calibration images of the int8 files")
+flags.DEFINE_string("out", str(REPO / "benchmarks" / "results"), "output folder")
+flags.DEFINE_string("name", "runtimes", "results file name")
+flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+
+SETTINGS = {"single": (1, 1), "all": (32, os.cpu_count())}
+REFERENCE = "LiteRT float32 (ours)"
+KERAS_APPS = {"b0": "EfficientNetB0", "b1": "EfficientNetB1"}
+
+
+def _litert(content: bytes, images: np.ndarray, threads: int):
+    interpreter = _bench.litert_interpreter()(model_content=content, num_threads=threads)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], images.shape)
+    interpreter.allocate_tensors()
+    x = images
+    if detail["dtype"] != np.float32:
+        limits = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(images), limits.min, limits.max)
+    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    return interpreter.invoke
+
+
+def _onnx(path, images: np.ndarray, threads: int):
+    from keras_effnet.export.onnx import onnx_session
+
+    session = onnx_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: images})
+
+
+def _onnx_int8(path, out_path, calibration: np.ndarray):
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self, name):
+            self.items = iter([{name: image[None]} for image in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    from keras_effnet.export.onnx import onnx_session
+
+    name = onnx_session(path).get_inputs()[0].name
+    prepared = str(out_path) + ".pre.onnx"
+    q.quant_pre_process(str(path), prepared)
+    q.quantize_static(prepared, str(out_path), Reader(name), quant_format=q.QuantFormat.QDQ,
+                      per_channel=True, activation_type=q.QuantType.QInt8,
+                      weight_type=q.QuantType.QInt8)
+    return out_path
+
+
+def _torch_peer(variant: str, size: int, folder: str, images: np.ndarray, threads: int):
+    """(eager runner, ONNX Runtime runner of torch's export) of the PyTorch peer."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(threads)
+    model = EfficientNet.from_name(f"efficientnet-{variant}", image_size=size).eval()
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+    def eager():
+        with torch.no_grad():
+            model(x)
+
+    path = os.path.join(folder, "torch.onnx")
+    model.set_swish(memory_efficient=False)  # the export needs traceable ops
+    torch.onnx.export(model, x[:1], path, input_names=["images"], dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}})
+    session = _onnx(path, images.transpose(0, 3, 1, 2).copy(), threads)
+    return eager, session
+
+
+def _runners(variant: str, batch: int, threads: int, folder: str, log) -> tuple[dict, dict]:
+    import keras
+
+    import keras_effnet as ke
+    from keras_effnet.export import bundled_photos, calibration_views, to_onnx
+    from keras_effnet.export.tflite import convert
+
+    keras.utils.set_random_seed(0)
+    model = ke.build(variant, weights=None)
+    size = model.input_shape[1]
+    photos = calibration_views(bundled_photos()[0], size, max(batch, FLAGS.calibration_images),
+                               seed=0)
+    images = photos[:batch].astype(np.float32)
+    runners, missing = {}, {}
+    for mode in ("float32", "float16", "int8", "uint8"):
+        log(f"  {variant}: LiteRT {mode}")
+        content = convert(model, mode, photos, batch_size=None, progress=False)
+        runners[f"LiteRT {mode} (ours)"] = _litert(content, images, threads)
+    try:
+        log(f"  {variant}: ONNX")
+        onnx_path = to_onnx(model, os.path.join(folder, f"{variant}.onnx"), overwrite=True)
+        runners["ONNX Runtime float32 (ours)"] = _onnx(onnx_path, images, threads)
+        int8 = _onnx_int8(onnx_path, os.path.join(folder, f"{variant}_int8.onnx"), photos)
+        runners["ONNX Runtime int8 QDQ (ours)"] = _onnx(int8, images, threads)
+    except ImportError as exc:
+        missing["ONNX Runtime"] = str(exc)
+    try:
+        log(f"  {variant}: PyTorch peer")
+        eager, session = _torch_peer(variant, size, folder, images, threads)
+        runners["PyTorch eager (peer)"] = eager
+        runners["ONNX Runtime float32 (PyTorch peer, torch export)"] = session
+    except (ImportError, KeyError) as exc:
+        missing["PyTorch peer"] = f"{type(exc).__name__}: {exc}"
+    runners["TensorFlow (ours)"] = _keras(model, images)
+    if variant in KERAS_APPS:
+        runners["TensorFlow (keras.applications)"] = _keras(
+            _bench.keras_applications(KERAS_APPS[variant]), images)
+    return runners, missing
+
+
+def _keras(model, images):
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False))
+    x = tf.constant(images)
+    function(x)
+    return lambda: function(x).numpy()
+
+
+def _interleaved(runners: dict, runs: int, warmup: int = 2) -> dict:
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    times = {name: [] for name in names}
+    for r in range(runs):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    reference = np.asarray(times[REFERENCE])
+    return {name: {**_bench.summary(t), "ratio_to_ours_float32":
+                   float(np.median(np.asarray(t) / reference))} for name, t in times.items()}
+
+
+def _one_setting(setting: str) -> dict:
+    import tensorflow as tf
+
+    batch, threads = SETTINGS[setting]
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
+    result = {"batch": batch, "threads": threads, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_runtimes_") as folder:
+        for variant in FLAGS.models:
+            print(f"{setting}: {variant} (batch {batch}, {threads} threads)", flush=True)
+            runners, missing = _runners(variant, batch, threads, folder, print)
+            result["models"][variant] = {"missing": missing,
+                                         "runners": _interleaved(runners, FLAGS.runs)}
+    return result
+
+
+def _cpu() -> dict:
+    info = {"model": None, "flags": []}
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and info["model"] is None:
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags_ = line.split(":", 1)[1].split()
+            info["flags"] = sorted(f for f in flags_ if f.startswith(("avx", "amx", "fma")))
+            break
+    return info
+
+
+def _markdown(data) -> list[str]:
+    cpu = data["cpu"]
+    md = ["# Runtimes: the same EfficientNet in every runtime", "",
+          (f"Generated by `benchmarks/runtimes.py` on {cpu['model']} ({data['machine']['cpus']} "
+           f"CPUs; {' '.join(cpu['flags'])}). Median of {data['runs']} interleaved rounds, "
+           "p10-p90 in brackets; ratio: the median per-round time over ours in LiteRT "
+           "float32 (below 1: faster). Random weights. PyTorch peer: "
+           "efficientnet_lite_pytorch, the same layers and MACs as timm's model.")]
+    for result in data["settings"].values():
+        md += ["", f"Batch {result['batch']}, {result['threads']} thread(s):", "",
+               "| model | runner | median ms | p10-p90 ms | ratio to ours float32 |",
+               "|---|---|---|---|---|"]
+        for variant, row in result["models"].items():
+            for name, r in row["runners"].items():
+                md.append(f"| {variant} | {name} | {r['median_ms']:.1f} | {_bench.spread(r)} | "
+                          f"{r['ratio_to_ours_float32']:.2f} |")
+            for name, why in row["missing"].items():
+                md.append(f"| {variant} | {name} | skipped: {why[:80]} | | |")
+    return md
+
+
+def main(argv):
+    del argv
+    import warnings
+
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # ONNX Runtime's quantizer logs every bias
+    warnings.filterwarnings("ignore", module="torch")
+    if FLAGS.setting:
+        print("RESULT " + json.dumps(_one_setting(FLAGS.setting)), flush=True)
+        return 0
+    data = {"machine": _bench.machine(), "cpu": _cpu(), "runs": FLAGS.runs, "settings": {}}
+    for setting in SETTINGS:
+        command = [sys.executable, __file__, f"--setting={setting}",
+                   f"--models={','.join(FLAGS.models)}", f"--runs={FLAGS.runs}",
+                   f"--calibration_images={FLAGS.calibration_images}"]
+        process = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+        if process.returncode != 0 or not lines:
+            print(process.stdout[-3000:], process.stderr[-5000:])
+            raise RuntimeError(f"the {setting} setting failed")
+        data["settings"][setting] = json.loads(lines[-1][len("RESULT "):])
+        print(f"{setting}: done", flush=True)
+    _bench.publish(FLAGS.name, data, _markdown(data), FLAGS.out, FLAGS.update_readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
