@@ -5,7 +5,8 @@
 For each model, each `.tflite` is exported with metadata and run unmodified by
 MediaPipe Tasks' ImageClassifier (Android's task runtime) and LiteRT's CompiledModel
 API on the labelled photos, fed the centre-cropped pixels Keras gets. Reported per
-artifact: Keras' top-1, our LiteRT runner's, MediaPipe's (with its agreement with Keras
+artifact: Keras' top-1, our LiteRT runner's (ONNX Runtime's for the .onnx file, with its
+logit SQNR), MediaPipe's (with its agreement with Keras
 and the share of top-1 names equal to the class name of the index), CompiledModel's,
 and whether the file is Android-ready. Then the SavedModel's `serving_bytes` signature
 on the photo files themselves (encoded JPEGs) against `load_image` + Keras.
@@ -47,7 +48,7 @@ flags.DEFINE_integer("qat_epochs", 8, "B0's quantization-aware fine-tune: epochs
 flags.DEFINE_integer("qat_crops", 256, "B0's QAT fine-tune: random crops of the photos "
                      "(never the evaluation set), fitted to the float model's outputs")
 
-FORMATS = {"lite0": ["float32", "float16", "dynamic", "int8", "uint8", "edgetpu"],
+FORMATS = {"lite0": ["float32", "float16", "dynamic", "int8", "uint8", "edgetpu", "onnx"],
            "b0": ["float32", "uint8"], "finetuned": ["uint8", "float16"]}
 USER_CLASSES = {"cat": "chelsea", "espresso_cup": "coffee", "rocket": "rocket"}
 
@@ -132,6 +133,10 @@ def _row(label: str, r: dict) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
+    if r["android_problems"] is None:  # not a .tflite: ONNX Runtime ran it, the SQNR says how
+        return (f"| {label} | {r['artifact']} (ONNX Runtime) | {pct(r['keras_top1_accuracy'])} | "
+                f"{pct(r['top1_accuracy'])} ({pct(r['top1_agreement'])}, logit SQNR "
+                f"{r['sqnr_db']:.0f} dB) | - | - | not for Android |")
     mp, cm = r["runtimes"]["mediapipe"], r["runtimes"]["compiled_model"]
     mediapipe = "refused" if not mp["accepted"] else \
         f"{pct(mp['top1_accuracy'])} ({pct(mp['top1_agreement'])}, names {pct(mp['names_match'])})"
