@@ -6,6 +6,7 @@
   family_macs.png       MACs vs top-1 (the paper's Figure 5)
   latency_top1.png      1-thread batch-1 latency vs top-1 per runtime (latency.json)
   formats_lite0.png     latency vs measured top-1 per export format (export_matrix.json)
+  runtimes.png          every runtime's latency per model and setting (runtimes.json)
 
 Params, MACs and latencies are ours, measured; top-1 on the first three is the
 published ImageNet figure (paper Table 2, tensorflow/tpu's Lite README, ResNets
@@ -174,6 +175,43 @@ def formats(matrix: dict, folder: pathlib.Path, plt) -> list[pathlib.Path]:
     return written
 
 
+def runtimes(data: dict, folder: pathlib.Path, plt) -> list[pathlib.Path]:
+    """Horizontal bars, one panel per (setting, model): each runner's median latency with
+    its p10-p90 spread; ours in LiteRT green, ours elsewhere blue, peers grey."""
+    panels = [(setting, result, model, row) for setting, result in data["settings"].items()
+              for model, row in result["models"].items()]
+    columns = len({model for _, _, model, _ in panels})
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 3.6 * rows),
+                                squeeze=False)
+    for axis, (setting, result, model, row) in zip(axes.flat, panels):
+        names = list(row["runners"])
+        stats = [row["runners"][n] for n in names]
+        medians = [r["median_ms"] for r in stats]
+        spread = [[m - r["p10_ms"] for m, r in zip(medians, stats)],
+                  [r["p90_ms"] - m for m, r in zip(medians, stats)]]
+        colours = ["tab:green" if n.startswith("LiteRT") else
+                   "tab:blue" if "(ours)" in n else "tab:grey" for n in names]
+        axis.barh(range(len(names)), medians, xerr=spread, color=colours, alpha=0.85)
+        axis.set_yticks(range(len(names)), [n.replace(" (PyTorch peer, torch export)",
+                                                      " (peer's ONNX)") for n in names],
+                        fontsize=7)
+        axis.invert_yaxis()
+        axis.set_xscale("log")
+        axis.set_xlabel("ms, median (p10-p90), log scale", fontsize=8)
+        axis.set_title(f"{model}: batch {result['batch']}, {result['threads']} thread(s)",
+                       fontsize=9)
+        axis.grid(alpha=0.3, axis="x")
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.suptitle("The same EfficientNet in every runtime (benchmarks/runtimes.py)")
+    figure.tight_layout()
+    path = folder / "runtimes.png"
+    _save(figure, path)
+    plt.close(figure)
+    return [path]
+
+
 def main(argv):
     del argv
     import matplotlib
@@ -192,6 +230,9 @@ def main(argv):
     matrix = _load(folder, "export_matrix")
     if matrix:
         written += formats(matrix, folder, plt)
+    runtime_data = _load(folder, "runtimes")
+    if runtime_data:
+        written += runtimes(runtime_data, folder, plt)
     print(f"{len(written)} figure(s) written")
     return 0 if written else 1
 
