@@ -82,7 +82,9 @@ def _small(rng, like):
     return rng.normal(0.0, SE_KERNEL_STD, like.shape).astype(like.dtype)
 
 
-def _photo_sources():
+def photo_sources() -> list:
+    """scikit-image's photos and ../shared/data/photos (when present): never the
+    evaluation set."""
     from keras_effnet.export import bundled_photos
     from keras_effnet.export.data import image_files
 
@@ -106,7 +108,7 @@ def distil(steps: int = 400, batch: int = 16, learning_rate: float = 3e-4, seed:
     student = ke.build("b0", weights=None, drop_connect_rate=0.0, dropout_rate=0.0)
     copied = transplant_lite0(teacher, student, seed)
     size = student.input_shape[1]
-    sources = _photo_sources()
+    sources = photo_sources()
     # a fixed pool of random crops and flips, 128 of them held out
     pool = calibration_views(sources, size, count=max(512, batch * 8), seed=seed)
     targets = _logits(teacher, pool)

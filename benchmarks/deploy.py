@@ -107,15 +107,13 @@ def _b0_qat(model, x, y, reference, names, folder) -> dict:
     fits the fake-quantized copy to the float model's probabilities (knowledge
     distillation, KL divergence) on random crops of the calibration photos, written as
     uint8 with metadata and verified like the other artifacts."""
+    import b0_proxy
     import tf_keras
 
-    from keras_effnet.export import bundled_photos, calibration_views, verify
-    from keras_effnet.export.data import image_files
+    from keras_effnet.export import calibration_views, verify
     from keras_effnet.export.qat import qat_to_tflite, quantize_aware
 
-    sources = list(bundled_photos()[0])
-    if (SHARED / "photos").is_dir():
-        sources += [str(p) for p in image_files(SHARED / "photos")]
+    sources = b0_proxy.photo_sources()
     size = model.input_shape[1]
     qat = quantize_aware(model, calibration=calibration_views(sources, size, 100, seed=1))
     crops = calibration_views(sources, size, FLAGS.qat_crops, seed=7)
