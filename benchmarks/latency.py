@@ -7,8 +7,10 @@ Each comparison runs both models in the same process, interleaved (see
 _bench.paired), after a warm-up, and reports medians with a 10-90% spread and
 the median of the per-pair ratios:
   - ours vs keras.applications.EfficientNetBx (same architecture: the ratio
-    is our overhead or gain; TFLite peers are converted the plain way, our
-    models through keras_effnet.export),
+    is our overhead or gain; in the float32 and int8 rows the peers are
+    converted the plain way and our models through keras_effnet.export; in
+    the plain-float32 and plain-int8 rows both the plain way, model.export
+    then TFLiteConverter, as most users do),
   - B1 vs keras.applications.ResNet152 (the paper: 5.7x faster) and B0 vs
     ResNet50,
   - Lite0 vs B0 (what dropping SE and swish buys),
@@ -35,8 +37,12 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["b0", "b1"], "our B variants to compare with keras.applications")
-flags.DEFINE_list("runtimes", ["keras", "float32", "int8"], "keras (TensorFlow), float32 and "
-                  "int8 (TFLite in LiteRT)")
+RUNTIMES = ("keras", "float32", "int8", "plain-float32", "plain-int8")
+flags.DEFINE_list("runtimes", ["keras", "float32", "int8", "plain-float32", "plain-int8"],
+                  "keras (TensorFlow); float32 and int8: TFLite in LiteRT, ours through "
+                  "keras_effnet.export, peers the plain way; plain-float32 and plain-int8: "
+                  "every model the plain way (model.export, then TFLiteConverter), the path "
+                  "most users take")
 flags.DEFINE_integer("threads", 1, "threads for TensorFlow and LiteRT (paper: one core)")
 flags.DEFINE_integer("runs", 20, "timed runs per model and comparison (paper: 20)")
 flags.DEFINE_integer("warmup", 3, "untimed runs first")
@@ -67,16 +73,17 @@ class Models:
         _bench.litert_interpreter()  # before a conversion that could not be run
         if (key, runtime) not in self._artifacts:
             model = self.model(key)
+            mode = _mode(runtime)
             calibration = None
-            if runtime == "int8":
+            if mode == "int8":
                 calibration = self._calibration(model.input_shape[1])
             start = time.perf_counter()
-            if key.startswith("ours:"):
+            if key.startswith("ours:") and mode == runtime:
                 from keras_effnet.export.tflite import convert
 
-                content = convert(model, runtime, images=calibration, progress=False)
+                content = convert(model, mode, images=calibration, progress=False)
             else:
-                content = _bench.plain_tflite(model, runtime, calibration)
+                content = _bench.plain_tflite(model, mode, calibration)
             print(f"  converted {key} to {runtime} in {time.perf_counter() - start:.0f} s")
             self._artifacts[key, runtime] = content
         return _bench.tflite_runner(self._artifacts[key, runtime], image, FLAGS.threads)
@@ -85,6 +92,11 @@ class Models:
         from keras_effnet.export import bundled_photos, calibration_views
 
         return calibration_views(bundled_photos()[0], size, self.calibration_count)
+
+
+def _mode(runtime: str) -> str:
+    """The TFLite mode of a runtime name (plain-int8 -> int8)."""
+    return runtime.removeprefix("plain-")
 
 
 def _label(key: str) -> str:
@@ -149,7 +161,7 @@ def _peaks() -> dict:
     cannot run (LiteRT missing) has none."""
     peaks = {"keras": _peak_macs_per_second()}
     for mode in ("float32", "int8"):
-        if mode in FLAGS.runtimes:
+        if mode in {_mode(runtime) for runtime in FLAGS.runtimes}:
             try:
                 peaks[mode] = _litert_peak_macs_per_second(mode)
             except _bench.PeerUnavailable as exc:
@@ -173,7 +185,7 @@ def _comparisons() -> list[tuple[str, str, str, list[str], str]]:
         out.append((f"ours vs keras.applications ({variant.constructor_name})",
                     f"ours:{variant.name}", f"keras:{variant.constructor_name}",
                     FLAGS.runtimes, "ours / peer (<= 1.00: not slower)"))
-    runtimes = [r for r in FLAGS.runtimes if r != "int8"]
+    runtimes = [r for r in FLAGS.runtimes if r in ("keras", "float32")]
     if FLAGS.resnet and "b1" in FLAGS.variants:
         out.append(("B1 vs ResNet-152 (paper Table 4: 5.7x)", "ours:b1", "keras:ResNet152",
                     runtimes, "B1 / ResNet-152 (speedup = 1 / ratio)"))
@@ -181,7 +193,7 @@ def _comparisons() -> list[tuple[str, str, str, list[str], str]]:
         out.append(("B0 vs ResNet-50", "ours:b0", "keras:ResNet50", runtimes,
                     "B0 / ResNet-50 (speedup = 1 / ratio)"))
     out.append(("Lite0 vs B0", "ours:lite0", "ours:b0",
-                [r for r in FLAGS.runtimes if r != "keras"] or FLAGS.runtimes,
+                [r for r in FLAGS.runtimes if r in ("float32", "int8")] or FLAGS.runtimes,
                 "Lite0 / B0"))
     return out
 
@@ -199,9 +211,10 @@ def main(argv):
     import keras_effnet as ke
     from keras_effnet.export import bundled_photos
 
-    unknown = set(FLAGS.runtimes) - {"keras", "float32", "int8"}
+    unknown = set(FLAGS.runtimes) - set(RUNTIMES)
     if unknown:
-        raise app.UsageError(f"unknown --runtimes {sorted(unknown)}: expected keras, float32, int8")
+        raise app.UsageError(f"unknown --runtimes {sorted(unknown)}: expected "
+                             f"{', '.join(RUNTIMES)}")
     peaks = _peaks()
     photos = bundled_photos()[0]
     models = Models(FLAGS.calibration)
@@ -234,7 +247,8 @@ def main(argv):
         rate = macs / (stats["median_ms"] / 1e3)
         model_rows.append({"model": _label(key), "runtime": runtime, **stats, "macs": macs,
                            "macs_per_s": rate, "percent_of_peak":
-                           100 * rate / peaks[runtime] if runtime in peaks else None})
+                           100 * rate / peaks[_mode(runtime)] if _mode(runtime) in peaks
+                           else None})
     data = {**_bench.machine(), "threads": FLAGS.threads, "runs": FLAGS.runs,
             "peak_macs_per_s": peaks, "pairs": pairs, "models": model_rows, "skipped": skipped,
             "checks": _checks(pairs)}
@@ -246,7 +260,7 @@ def _checks(pairs) -> list[dict]:
     checks = []
     for row in pairs:
         if row["comparison"].startswith("ours vs keras.applications") and \
-                row["runtime"] in ("keras", "float32"):
+                row["runtime"] in ("keras", "float32", "plain-float32"):
             checks.append({"check": f"{row['comparison']}, {row['runtime']}: ours / peer <= 1.00",
                            "value": row["ratio"], "passed": row["ratio"] <= 1.0})
         if row["comparison"].startswith("B1 vs ResNet-152") and row["runtime"] == "float32":
@@ -258,7 +272,8 @@ def _checks(pairs) -> list[dict]:
 
 
 def _markdown(data) -> list[str]:
-    names = {"keras": "Keras (TF)", "float32": "TFLite float32", "int8": "TFLite int8"}
+    names = {"keras": "Keras (TF)", "float32": "TFLite float32", "int8": "TFLite int8",
+             "plain-float32": "TFLite float32, plain path", "plain-int8": "TFLite int8, plain path"}
     md = ["# Latency", "",
           (f"Generated by `benchmarks/latency.py`: batch 1, {data['threads']} thread(s), median "
            f"of {data['runs']} interleaved runs after warm-up (paper Table 4 protocol), "

@@ -119,6 +119,68 @@ def test_fold_preprocessing_is_the_same_function():
                                    atol=1e-6)
 
 
+def _stem_tflite_outputs(content: bytes, image: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+
+
+@pytest.mark.parametrize("size", [64, 63])  # even: padded bottom/right; odd: on every side
+def test_stem_converts_to_two_exact_ops_on_both_paths(size):
+    """The stem's preprocessing becomes one DEPTHWISE_CONV_2D before the stem
+    CONV_2D whether a user converts the plain way (model.export, then the
+    TFLiteConverter) or through to_tflite, in float32 and int8, and the border
+    rows and columns, where the convolution reads padding, are as exact as the
+    interior. One CONV_2D alone cannot be: the padding must read normalised
+    zero, which a convolution over raw pixels cannot express."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import _bench
+
+    from keras_effnet.export.flatbuffer import read_model
+
+    model = ke.EfficientNetB0(weights=None, input_shape=(size, size, 3))
+    stem = keras.Model(model.inputs, model.get_layer("stem_activation").output)
+    calibration = calibration_views(kx.bundled_photos()[0], size, 8, seed=0)
+    image = calibration[0]
+    reference = np.asarray(stem(image[None]))[0]
+    for path in ("plain", "to_tflite"):
+        for mode in ("float32", "int8"):
+            content = (_bench.plain_tflite(stem, mode, calibration) if path == "plain" else
+                       convert(stem, mode, images=calibration, progress=False))
+            ops = [op.op for op in read_model(content).ops
+                   if op.op not in ("QUANTIZE", "DEQUANTIZE")]
+            assert ops == ["DEPTHWISE_CONV_2D", "CONV_2D", "LOGISTIC", "MUL"], (path, mode, ops)
+            error = np.abs(_stem_tflite_outputs(content, image) - reference)
+            borders = [error[0], error[-1], error[:, 0], error[:, -1]]
+            interior = error[1:-1, 1:-1].max()
+            if mode == "float32":
+                assert error.max() <= 1e-4 * np.abs(reference).max(), (path, mode)
+            else:  # within the interior's quantization error, never a systematic offset
+                assert max(b.max() for b in borders) <= 1.5 * interior, (path, mode)
+                assert interior <= 0.05 * np.abs(reference).max(), (path, mode)
+    # the one-conv fold: preprocessing merged into the stem kernel and a bias, raw pixels
+    # padded with zeros, is right inside and wrong where the kernel reads padding
+    import tensorflow as tf
+
+    norm = model.get_layer("normalization")
+    scale = 1 / (255 * np.array(norm.std))
+    offset = -np.array(norm.mean) / np.array(norm.std)
+    kernel = model.get_layer("stem_conv").get_weights()[0]
+    folded = tf.nn.conv2d(image[None], kernel * scale[None, None, :, None], 2, "SAME").numpy()[0]
+    folded += np.einsum("hwco,c->o", kernel, offset)
+    conv_model = keras.Model(model.inputs, model.get_layer("stem_conv").output)
+    conv = np.asarray(conv_model(image[None]))[0]
+    error = np.abs(folded - conv)
+    first = 0 if size % 2 == 0 else 1  # odd sizes are padded on the top and left too
+    assert error[first:-1, first:-1].max() <= 1e-4 * np.abs(conv).max()
+    padded = [error[-1], error[:, -1]] + ([error[0], error[:, 0]] if first else [])
+    assert min(side.max() for side in padded) > 0.1 * np.abs(conv).max()
+
+
 # --- TFLite modes and verify ------------------------------------------------------------
 
 

@@ -339,7 +339,7 @@ def _save_state(model, path, layout="timm"):
 
 
 @pytest.mark.parametrize("variant,layout", [("b0", "timm"), ("lite0", "timm"),
-                                            ("b0", "lukemelas")])
+                                            ("edgetpu-s", "timm"), ("b0", "lukemelas")])
 def test_safetensors_state_dict_equals_the_independent_implementation(
         variant, layout, skimage_photos, tmp_path):
     """weights=<file>.safetensors (timm's layout, or lukemelas'): logits equal those of an
