@@ -32,6 +32,24 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and its vector / matrix flags (avx*, amx*, fma), from
+    /proc/cpuinfo; None and [] where that file is not there."""
+    info = {"model": None, "flags": []}
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and info["model"] is None:
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags_ = line.split(":", 1)[1].split()
+            info["flags"] = sorted(f for f in flags_ if f.startswith(("avx", "amx", "fma")))
+            break
+    return info
+
+
 def summary(times_s) -> dict:
     """Median and 10/90% spread of a list of seconds, in milliseconds."""
     ms = np.asarray(times_s) * 1e3
@@ -135,6 +153,49 @@ def tflite_runner(content: bytes, image: np.ndarray, threads: int, batch: bool =
         interpreter.invoke()
 
     return run
+
+
+def interleaved(runners: dict, runs: int, reference: str, warmup: int = 2) -> dict:
+    """Each runner timed `runs` times in rounds that run every runner once (a slow spell
+    of the machine hits all of them), each round in a fresh random order (seeded), so
+    that no runner always follows the same one (a runtime can leave threads spinning or
+    caches cold for the next): summary per runner plus its median per-round ratio to
+    `reference`'s time."""
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    times = {name: [] for name in names}
+    order = np.random.default_rng(0)
+    for _ in range(runs):
+        for name in order.permutation(names):
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    base = np.asarray(times[reference])
+    return {name: {**summary(t), "ratio": float(np.median(np.asarray(t) / base))}
+            for name, t in times.items()}
+
+
+def torch_peer(variant: str, size: int):
+    """The PyTorch peer (efficientnet_lite_pytorch: the same layers and MACs as timm's
+    model of the name) with random weights, in eval mode."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name(f"efficientnet-{variant}", image_size=size).eval()
+
+
+def torch_peer_onnx(model, size: int, path: str) -> str:
+    """The peer exported by torch's ONNX exporter (NCHW input, dynamic batch)."""
+    import torch
+
+    if getattr(model._global_params, "relu_fn", None) != "relu6":
+        # the export needs swish as traceable ops; set_swish would also replace the Lite
+        # variants' ReLU6 with swish, so it is left alone there
+        model.set_swish(memory_efficient=False)
+    torch.onnx.export(model, torch.zeros(1, 3, size, size), path, input_names=["images"],
+                      dynamo=False, dynamic_axes={"images": {0: "batch"}})
+    return path
 
 
 def plain_tflite(model, mode: str, calibration: np.ndarray | None = None) -> bytes:

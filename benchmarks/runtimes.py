@@ -4,8 +4,9 @@
 
 Two settings, each in its own process (TensorFlow fixes its thread pools when it
 starts): batch 1 on one thread, and batch 32 on all threads. Per model and setting, every
-runner is timed in 25 rounds; each round runs every runner once, in an order that
-rotates from round to round, so a slow spell of the machine hits all of them. Reported:
+runner is timed in 25 rounds; each round runs every runner once, in a fresh random order,
+so a slow spell of the machine hits all of them and no runner always follows the same
+one. Reported:
 median and p10-p90 per runner, and each runner's ratio to ours in LiteRT float32 (the
 median of the per-round ratios).
 
@@ -17,7 +18,8 @@ Runners (a missing optional runtime is reported and skipped):
   same calibration images.
 * PyTorch eager, and ONNX Runtime float32 on the PyTorch model exported by torch: the
   peer is efficientnet_lite_pytorch (lukemelas' EfficientNet-PyTorch with the Lite
-  variants): the same layers and MACs as timm's model of the name, which cannot run here
+  variants; ReLU6 kept in Lite's export): the same layers, activations and MACs as
+  timm's model of the name, which cannot run here
   (timm imports torchvision, whose PyPI wheels are CUDA builds that do not register with
   the CPU torch).
 * TensorFlow: ours and keras.applications' (B0, B1) called in a tf.function.
@@ -34,7 +36,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -104,20 +105,16 @@ def _onnx_int8(path, out_path, calibration: np.ndarray):
 def _torch_peer(variant: str, size: int, folder: str, images: np.ndarray, threads: int):
     """(eager runner, ONNX Runtime runner of torch's export) of the PyTorch peer."""
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
 
     torch.set_num_threads(threads)
-    model = EfficientNet.from_name(f"efficientnet-{variant}", image_size=size).eval()
+    model = _bench.torch_peer(variant, size)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
 
     def eager():
         with torch.no_grad():
             model(x)
 
-    path = os.path.join(folder, "torch.onnx")
-    model.set_swish(memory_efficient=False)  # the export needs traceable ops
-    torch.onnx.export(model, x[:1], path, input_names=["images"], dynamo=False,
-                      dynamic_axes={"images": {0: "batch"}})
+    path = _bench.torch_peer_onnx(model, size, os.path.join(folder, "torch.onnx"))
     session = _onnx(path, images.transpose(0, 3, 1, 2).copy(), threads)
     return eager, session
 
@@ -171,21 +168,10 @@ def _keras(model, images):
     return lambda: function(x).numpy()
 
 
-def _interleaved(runners: dict, runs: int, warmup: int = 2) -> dict:
-    names = list(runners)
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
-    times = {name: [] for name in names}
-    for r in range(runs):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - start)
-    reference = np.asarray(times[REFERENCE])
-    return {name: {**_bench.summary(t), "ratio_to_ours_float32":
-                   float(np.median(np.asarray(t) / reference))} for name, t in times.items()}
+def _interleaved(runners: dict, runs: int) -> dict:
+    stats = _bench.interleaved(runners, runs, REFERENCE)
+    return {name: {**{k: v for k, v in row.items() if k != "ratio"},
+                   "ratio_to_ours_float32": row["ratio"]} for name, row in stats.items()}
 
 
 def _one_setting(setting: str) -> dict:
@@ -202,22 +188,6 @@ def _one_setting(setting: str) -> dict:
             result["models"][variant] = {"missing": missing,
                                          "runners": _interleaved(runners, FLAGS.runs)}
     return result
-
-
-def _cpu() -> dict:
-    info = {"model": None, "flags": []}
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        if line.startswith("model name") and info["model"] is None:
-            info["model"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags_ = line.split(":", 1)[1].split()
-            info["flags"] = sorted(f for f in flags_ if f.startswith(("avx", "amx", "fma")))
-            break
-    return info
 
 
 def _markdown(data) -> list[str]:
@@ -252,7 +222,8 @@ def main(argv):
     if FLAGS.setting:
         print("RESULT " + json.dumps(_one_setting(FLAGS.setting)), flush=True)
         return 0
-    data = {"machine": _bench.machine(), "cpu": _cpu(), "runs": FLAGS.runs, "settings": {}}
+    data = {"machine": _bench.machine(), "cpu": _bench.cpu_info(), "runs": FLAGS.runs,
+            "settings": {}}
     for setting in SETTINGS:
         command = [sys.executable, __file__, f"--setting={setting}",
                    f"--models={','.join(FLAGS.models)}", f"--runs={FLAGS.runs}",

@@ -1,7 +1,12 @@
 """Keras model -> ONNX, for users who serve on ONNX Runtime.
 
 Keras 3's own `model.export(format="onnx")` does the conversion (on the TensorFlow
-backend it goes through tf2onnx, the maintained converter). The file has one input,
+backend it goes through tf2onnx, the maintained converter). tf2onnx leaves shape round
+trips in each squeeze-excitation branch (the pooled (N, C, 1, 1) squeezed to (N, C) and
+reshaped back, for a 1x1 conv that takes (N, C, 1, 1) anyway); ONNX Runtime runs them,
+and they cut its NCHWc layout into pieces that it reorders in and out
+(benchmarks/op_account.py). `drop_shape_round_trips` removes every Reshape/Squeeze/
+Unsqueeze chain that ends in the shape it started from. The file has one input,
 `images` float32 [N, H, W, 3] with pixels 0-255 (the preprocessing is inside), and
 the outputs `probabilities` and, when the model ends in a softmax classifier, `logits`
 (what `verify` compares against Keras). Needs the `onnx` extra:
@@ -18,7 +23,9 @@ import numpy as np
 
 from keras_effnet.files import check_destination, write_bytes
 
-__all__ = ["onnx_session", "run_onnx", "to_onnx"]
+__all__ = ["drop_shape_round_trips", "onnx_session", "run_onnx", "to_onnx"]
+
+_SHAPE_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def _with_logits(model):
@@ -38,6 +45,71 @@ def _with_logits(model):
     return keras.Model(model.input, [model.output, logits], name=model.name)
 
 
+def _static_shapes(graph) -> dict:
+    """Tensor name -> shape tuple, a symbolic dimension as None; only tensors with at
+    most one symbolic dimension (the batch), whose equal shapes mean equal sizes."""
+    shapes = {}
+    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        if info.type.tensor_type.HasField("shape") and shape.count(None) <= 1:
+            shapes[info.name] = shape
+    return shapes
+
+
+def drop_shape_round_trips(model):
+    """`model` (an onnx ModelProto) without the chains of Reshape/Squeeze/Unsqueeze/Flatten
+    nodes whose output has the shape of the chain's input: their consumers read that
+    input instead, and nodes left without a consumer are dropped. The same function
+    (these ops only relabel the same values in the same order)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    shapes = _static_shapes(graph)
+    producer = {name: node for node in graph.node for name in node.output}
+    uses: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    rename = {}
+    for node in graph.node:
+        if node.op_type not in _SHAPE_OPS or node.output[0] in outputs or \
+                shapes.get(node.output[0]) is None:
+            continue
+        source, earliest = node.input[0], None
+        while True:
+            if shapes.get(source) == shapes[node.output[0]]:
+                earliest = source
+            before = producer.get(source)
+            if before is None or before.op_type not in _SHAPE_OPS or uses.get(source) != 1:
+                break
+            source = before.input[0]
+        if earliest is not None:
+            rename[node.output[0]] = earliest
+    if not rename:
+        return model
+
+    def resolve(name):
+        while name in rename:
+            name = rename[name]
+        return name
+
+    kept = list(model.graph.node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = resolve(name)
+    while True:  # drop what nothing reads any more
+        read = {name for node in kept for name in node.input} | outputs
+        alive = [node for node in kept if any(name in read for name in node.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def to_onnx(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write `model` as an ONNX file (any batch size) and return its path."""
     try:
@@ -54,7 +126,9 @@ def to_onnx(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="keras-effnet-onnx-") as folder:
         partial = os.path.join(folder, "model.onnx")
         exported.export(partial, format="onnx", verbose=False)
-        content = Path(partial).read_bytes()
+        import onnx
+
+        content = drop_shape_round_trips(onnx.load(partial)).SerializeToString()
     write_bytes(path, content, overwrite)
     return path
 

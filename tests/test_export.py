@@ -555,6 +555,13 @@ def test_onnx_export_computes_what_keras_computes(small, evaluation, tmp_path):
     assert len(session.get_outputs()) == 2  # probabilities and logits
     with pytest.raises(FileExistsError):
         kx.to_onnx(small, path)
+    # the SE branches' squeeze-and-reshape-back round trips are gone (tf2onnx writes a
+    # Squeeze and a Reshape per branch); only the head's squeeze to (N, C) is left
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("GlobalAveragePool") >= 2 and "Reshape" not in ops, ops
+    assert ops.count("Squeeze") == 1, ops
 
 
 # --- quantization-aware training (the qat extra) -------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_effnet.layers import BatchNormalization
+from keras_effnet.layers import SMALL_BATCH, BatchNormalization
 
 
 def _pair(policy="float32"):
@@ -54,7 +54,8 @@ def test_fused_inference_equals_keras(policy, tolerance):
     statistics through the fused kernel: Keras' outputs and gradients, and the
     moving statistics are left alone."""
     ours, theirs = _pair(policy)
-    x = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, (3, 6, 5, 8)), "float32")
+    shape = (SMALL_BATCH + 1, 6, 5, 8)  # smaller batches take Keras' own ops
+    x = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, shape), "float32")
     for frozen in (False, True):
         ours.trainable = theirs.trainable = not frozen
         results = []
@@ -77,13 +78,21 @@ def test_fused_kernel_is_used_and_synchronized_is_not(monkeypatch):
     real, called = tf.raw_ops.FusedBatchNormV3, []
     monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3",
                         lambda **kw: called.append(kw["is_training"]) or real(**kw))
-    x = tf.ones((2, 6, 5, 8))
+    x = tf.ones((SMALL_BATCH + 1, 6, 5, 8))
     ours(x, training=False)
     ours(x, training=True)
     assert called == [False, True]
+    ours(x[:SMALL_BATCH], training=False)  # a small known batch: Keras' ops, faster there
+    assert called == [False, True]
+    ours(x[:2], training=True)  # training is fused at any batch size
+    assert called == [False, True, True]
+    unknown = tf.function(lambda t: ours(t, training=False),
+                          input_signature=[tf.TensorSpec((None, 6, 5, 8))])
+    unknown(x[:2])  # a batch unknown when traced: fused
+    assert called == [False, True, True, False]
     ours.synchronized = True
     ours(x, training=True)  # cross-replica statistics: Keras' path
-    assert called == [False, True]
+    assert called == [False, True, True, False]
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours)) \
         .__class__ is BatchNormalization
 

@@ -1,0 +1,190 @@
+"""Where the float32 time goes: our ONNX and TFLite files against the PyTorch peer's ONNX
+file, op type by op type, batch 1 on one thread.
+
+    python benchmarks/op_account.py [--models b0,lite0] [--runs 60]
+
+Two measurements per model, each in this one process:
+
+1. ONNX Runtime's own profiler on our ONNX export and on the peer's (torch's export of
+   efficientnet_lite_pytorch: the same layers and MACs), same runtime, same settings:
+   milliseconds per run and calls per run for every op type of ONNX Runtime's optimised
+   graph (its NCHWc layout reorders and fused activations included). The difference
+   is what our graph costs more, or less, inside one runtime.
+2. What the activation costs in each runtime: our model and the same model with ReLU in
+   place of its activation (weights equal), in LiteRT and in ONNX Runtime, interleaved.
+   TFLite has no swish op, so LiteRT runs swish as LOGISTIC then MUL (two passes over
+   each tensor); ONNX Runtime fuses it into one QuickGelu kernel. ReLU fuses into the
+   preceding convolution in both. Lite0 already uses ReLU6: the row shows no gap.
+
+Writes op_account.json and .md, and the README's `op_account` block.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import _bench
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["b0", "lite0"], "variants the PyTorch peer has")
+flags.DEFINE_integer("runs", 60, "profiled runs per file; interleaved rounds in part 2")
+flags.DEFINE_string("out", str(_bench.RESULTS), "output folder")
+flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+
+
+def _session(path: str, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _profile(path: str, images: np.ndarray, runs: int, folder: str) -> dict:
+    """{op type: (ms per run, calls per run)} and the total, from ONNX Runtime's
+    profiler; the first run (memory planning) is left out."""
+    session = _session(path, os.path.join(folder, os.path.basename(path)))
+    name = session.get_inputs()[0].name
+    for _ in range(runs + 1):
+        session.run(None, {name: images})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    first_end = starts[1] if len(starts) > 1 else float("inf")
+    ms, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") \
+                and event["ts"] >= first_end:
+            ms[event["args"]["op_name"]] += event["dur"] / 1e3 / runs
+            calls[event["args"]["op_name"]] += 1
+    return {"ops": {op: {"ms": ms[op], "calls": calls[op] // runs} for op in ms},
+            "total_ms": sum(ms.values())}
+
+
+def _account(variant: str, folder: str) -> dict:
+    import keras
+
+    import keras_effnet as ke
+    from keras_effnet.export import bundled_photos, to_onnx
+
+    keras.utils.set_random_seed(0)
+    model = ke.build(variant, weights=None)
+    size = model.input_shape[1]
+    image = ke.load_image(bundled_photos()[0][0], size)[None].astype("float32")
+    ours = str(to_onnx(model, os.path.join(folder, f"{variant}.onnx"), overwrite=True))
+    peer = _bench.torch_peer_onnx(_bench.torch_peer(variant, size), size,
+                                  os.path.join(folder, f"{variant}_peer.onnx"))
+    peer_image = ((image - 255 * np.array(model.get_layer("normalization").mean)) /
+                  (255 * np.array(model.get_layer("normalization").std))).astype("float32")
+    profiles = {"ours": _profile(ours, image, FLAGS.runs, folder),
+                "peer": _profile(peer, peer_image.transpose(0, 3, 1, 2).copy(), FLAGS.runs,
+                                 folder)}
+    return {"size": size, "profiles": profiles,
+            "activation": _activation_cost(model, variant, image, folder)}
+
+
+def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dict:
+    """Interleaved medians: ours and ours with ReLU, in LiteRT and ONNX Runtime."""
+    import keras_effnet as ke
+    from keras_effnet.builder import build_efficientnet
+    from keras_effnet.export import to_onnx
+    from keras_effnet.export.tflite import convert
+
+    spec = ke.get_variant(variant)
+    relu = build_efficientnet(dataclasses.replace(spec, activation="relu"), weights=None)
+    relu.set_weights(model.get_weights())
+    runners = {}
+    for label, m in ((spec.activation, model), ("relu", relu)):
+        content = convert(m, "float32", progress=False)
+        runners[f"LiteRT {label}"] = _bench.tflite_runner(content, image[0], 1)
+        path = str(to_onnx(m, os.path.join(folder, f"{variant}_{label}.onnx"), overwrite=True))
+        session = _session(path)
+        name = session.get_inputs()[0].name
+        runners[f"ONNX Runtime {label}"] = (
+            lambda s=session, n=name: s.run(None, {n: image}))
+    stats = _bench.interleaved(runners, FLAGS.runs, f"LiteRT {spec.activation}")
+    cost = {}
+    for runtime in ("LiteRT", "ONNX Runtime"):
+        full = stats[f"{runtime} {spec.activation}"]["median_ms"]
+        cost[runtime] = {"activation": spec.activation, "ms": full,
+                         "relu_ms": stats[f"{runtime} relu"]["median_ms"],
+                         "activation_cost_ms": full - stats[f"{runtime} relu"]["median_ms"]}
+    return {"runners": stats, "cost": cost}
+
+
+def _markdown(data) -> list[str]:
+    md = ["# Where the float32 time goes", "",
+          (f"Generated by `benchmarks/op_account.py` on {data['cpu']['model']} "
+           f"({data['machine']['cpus']} CPUs): batch 1, one thread. Part 1: ONNX Runtime's "
+           f"profiler over {data['runs']} runs, ms per run by op type of its optimised graph "
+           "(calls per run in brackets), our ONNX export against the PyTorch peer's (torch "
+           "export, input already normalised). Part 2: the same model with ReLU in place "
+           "of its activation, interleaved medians: the activation's cost in each runtime.")]
+    for variant, row in data["models"].items():
+        ours, peer = row["profiles"]["ours"], row["profiles"]["peer"]
+        ops = sorted(set(ours["ops"]) | set(peer["ops"]),
+                     key=lambda op: -abs(ours["ops"].get(op, {}).get("ms", 0.0)
+                                         - peer["ops"].get(op, {}).get("ms", 0.0)))
+        md += ["", f"{variant} at {row['size']} px, ONNX Runtime profile:", "",
+               "| op type | ours ms (calls) | peer ms (calls) | ours - peer ms |",
+               "|---|---|---|---|"]
+        for op in ops:
+            a = ours["ops"].get(op, {"ms": 0.0, "calls": 0})
+            b = peer["ops"].get(op, {"ms": 0.0, "calls": 0})
+            md.append(f"| {op} | {a['ms']:.2f} ({a['calls']}) | {b['ms']:.2f} ({b['calls']}) | "
+                      f"{a['ms'] - b['ms']:+.2f} |")
+        md.append(f"| total | {ours['total_ms']:.2f} | {peer['total_ms']:.2f} | "
+                  f"{ours['total_ms'] - peer['total_ms']:+.2f} |")
+        md += ["", f"{variant}, the activation's cost:", "",
+               "| runtime | activation | ms | with ReLU ms | activation costs ms |",
+               "|---|---|---|---|---|"]
+        for runtime, c in row["activation"]["cost"].items():
+            md.append(f"| {runtime} | {c['activation']} | {c['ms']:.2f} | {c['relu_ms']:.2f} | "
+                      f"{c['activation_cost_ms']:.2f} |")
+    return md
+
+
+def main(argv):
+    del argv
+    import warnings
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    warnings.filterwarnings("ignore", module="torch")
+    try:
+        import onnxruntime  # noqa: F401
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError as exc:
+        raise SystemExit(f"op_account needs ONNX Runtime and the PyTorch peer ({exc}): "
+                         "pip install keras-effnet[onnx,test]") from exc
+    data = {"machine": _bench.machine(), "cpu": _bench.cpu_info(), "runs": FLAGS.runs,
+            "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_op_account_") as folder:
+        for variant in FLAGS.models:
+            print(f"{variant}: profiling", flush=True)
+            data["models"][variant] = _account(variant, folder)
+            row = data["models"][variant]["profiles"]
+            print(f"  ONNX Runtime total: ours {row['ours']['total_ms']:.2f} ms, peer "
+                  f"{row['peer']['total_ms']:.2f} ms", flush=True)
+    _bench.publish("op_account", data, _markdown(data), FLAGS.out, FLAGS.update_readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
