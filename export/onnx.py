@@ -57,14 +57,9 @@ def _static_shapes(graph) -> dict:
     return shapes
 
 
-def drop_shape_round_trips(model):
-    """`model` (an onnx ModelProto) without the chains of Reshape/Squeeze/Unsqueeze/Flatten
-    nodes whose output has the shape of the chain's input: their consumers read that
-    input instead, and nodes left without a consumer are dropped. The same function
-    (these ops only relabel the same values in the same order)."""
-    import onnx
-
-    graph = onnx.shape_inference.infer_shapes(model).graph
+def _round_trips(graph) -> dict:
+    """Output of the last node of each shape-op chain that restores the chain's input
+    shape -> that input (the earliest tensor of the chain with the same shape)."""
     shapes = _static_shapes(graph)
     producer = {name: node for node in graph.node for name in node.output}
     uses: dict = {}
@@ -74,12 +69,12 @@ def drop_shape_round_trips(model):
     outputs = {o.name for o in graph.output}
     rename = {}
     for node in graph.node:
-        if node.op_type not in _SHAPE_OPS or node.output[0] in outputs or \
-                shapes.get(node.output[0]) is None:
+        target = shapes.get(node.output[0])
+        if node.op_type not in _SHAPE_OPS or node.output[0] in outputs or target is None:
             continue
         source, earliest = node.input[0], None
         while True:
-            if shapes.get(source) == shapes[node.output[0]]:
+            if shapes.get(source) == target:
                 earliest = source
             before = producer.get(source)
             if before is None or before.op_type not in _SHAPE_OPS or uses.get(source) != 1:
@@ -87,6 +82,17 @@ def drop_shape_round_trips(model):
             source = before.input[0]
         if earliest is not None:
             rename[node.output[0]] = earliest
+    return rename
+
+
+def drop_shape_round_trips(model):
+    """`model` (an onnx ModelProto) without the chains of Reshape/Squeeze/Unsqueeze/Flatten
+    nodes whose output has the shape of the chain's input: their consumers read that
+    input instead, and nodes left without a consumer are dropped. The same function
+    (these ops only relabel the same values in the same order)."""
+    import onnx
+
+    rename = _round_trips(onnx.shape_inference.infer_shapes(model).graph)
     if not rename:
         return model
 
@@ -99,6 +105,7 @@ def drop_shape_round_trips(model):
     for node in kept:
         for i, name in enumerate(node.input):
             node.input[i] = resolve(name)
+    outputs = {o.name for o in model.graph.output}
     while True:  # drop what nothing reads any more
         read = {name for node in kept for name in node.input} | outputs
         alive = [node for node in kept if any(name in read for name in node.output)]
