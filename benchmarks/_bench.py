@@ -198,10 +198,11 @@ def torch_peer_onnx(model, size: int, path: str) -> str:
     return path
 
 
-def plain_tflite(model, mode: str, calibration: np.ndarray | None = None) -> bytes:
+def plain_tflite(model, mode: str, calibration: np.ndarray | None = None,
+                 integer_io: bool = False) -> bytes:
     """What a user of another library does: `model.export` with a static batch-1
     signature, then `tf.lite.TFLiteConverter` (int8: the same calibration images,
-    float I/O). None of keras_effnet's export rewrites."""
+    float I/O, or int8 I/O with `integer_io`). None of keras_effnet's export rewrites."""
     import tensorflow as tf
 
     shape = (1, *model.input_shape[1:])
@@ -214,6 +215,8 @@ def plain_tflite(model, mode: str, calibration: np.ndarray | None = None) -> byt
             converter.representative_dataset = lambda: (
                 [image[None].astype("float32")] for image in calibration)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if integer_io:
+                converter.inference_input_type = converter.inference_output_type = tf.int8
         elif mode != "float32":
             raise ValueError(f"plain_tflite does float32 or int8, not {mode!r}")
         return converter.convert()

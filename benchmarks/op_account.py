@@ -13,8 +13,18 @@ Two measurements per model, each in this one process:
 2. What the activation costs in each runtime: our model and the same model with ReLU in
    place of its activation (weights equal), in LiteRT and in ONNX Runtime, interleaved.
    TFLite has no swish op, so LiteRT runs swish as LOGISTIC then MUL (two passes over
-   each tensor); ONNX Runtime fuses it into one QuickGelu kernel. ReLU fuses into the
-   preceding convolution in both. Lite0 already uses ReLU6: the row shows no gap.
+   each tensor); ONNX Runtime fuses it into one QuickGelu kernel. ReLU and ReLU6 fuse
+   into the preceding convolution in both.
+3. Where int8 gains and where it does not, in LiteRT: every distinct convolution of the
+   model (with its BatchNorm and activation, which the converter folds or fuses),
+   outside the squeeze-excitation branches, as a model of its own in float32 and in
+   int8 (int8 in and out, so no QUANTIZE or DEQUANTIZE around it), interleaved with the
+   whole model in both; times multiplied by how often the
+   layer occurs and summed by kind (stem, 1x1 expansion, depthwise kxk / stride, 1x1
+   projection, head). Isolated layers carry each invoke's fixed cost, so their sum is
+   above the whole model's; the ratios are what to read. (The same isolation in ONNX
+   Runtime is not comparable: each isolated ONNX file transposes NHWC to NCHW and back
+   and reorders into ONNX Runtime's blocked layout, work the whole model does once.)
 
 Writes op_account.json and .md, and the README's `op_account` block.
 """
@@ -92,7 +102,8 @@ def _account(variant: str, folder: str) -> dict:
                 "peer": _profile(peer, peer_image.transpose(0, 3, 1, 2).copy(), FLAGS.runs,
                                  folder)}
     return {"size": size, "profiles": profiles,
-            "activation": _activation_cost(model, variant, image, folder)}
+            "activation": _activation_cost(model, variant, image, folder),
+            "convolutions": _conv_account(model, image)}
 
 
 def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dict:
@@ -124,6 +135,79 @@ def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dic
     return {"runners": stats, "cost": cost}
 
 
+def _kind(layer) -> str:
+    name = layer.name
+    if "stem" in name or "top" in name:
+        return "stem 3x3 / 2" if "stem" in name else "head 1x1"
+    if "dwconv" in name:
+        return f"depthwise {layer.kernel_size[0]}x{layer.kernel_size[1]} / {layer.strides[0]}"
+    return "1x1 expansion" if "expand" in name else "1x1 projection"
+
+
+def _conv_models(model) -> dict:
+    """{(kind, key): (count, keras model)}: each distinct convolution outside SE
+    branches, with the BatchNorm and activation that follow it, as a model of its own."""
+    import keras
+
+    from keras_effnet import graph
+
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) or \
+                "_se_" in layer.name:
+            continue
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        shape = tuple(layer.input.shape[1:])
+        key = (_kind(layer), json.dumps([shape, config], sort_keys=True, default=str))
+        if key in found:
+            found[key] = (found[key][0] + 1, found[key][1])
+            continue
+        chain, tensor = [layer], layer.output
+        for kind in (keras.layers.BatchNormalization, keras.layers.Activation):
+            consumers = graph.consumers(model, tensor)
+            if len(consumers) != 1 or not isinstance(consumers[0], kind):
+                break
+            chain.append(consumers[0])
+            tensor = consumers[0].output
+        x = inputs = keras.Input(shape, batch_size=1)
+        for original in chain:
+            clone = type(original).from_config(original.get_config())
+            x = clone(x)
+            clone.set_weights(original.get_weights())
+        found[key] = (1, keras.Model(inputs, x))
+    return found
+
+
+def _conv_account(model, image: np.ndarray) -> dict:
+    """LiteRT float32 and int8 ms per kind (summed over occurrences), and the whole
+    model's float32 and int8 (uint8 would add only the input's requantization)."""
+    from keras_effnet.export import bundled_photos, calibration_views
+    from keras_effnet.export.tflite import convert
+
+    rng = np.random.default_rng(0)
+    runners, counts = {}, {}
+    for i, ((kind, _), (count, layer_model)) in enumerate(_conv_models(model).items()):
+        shape = layer_model.input_shape[1:]
+        calibration = rng.normal(size=(8, *shape)).astype("float32")
+        for mode in ("float32", "int8"):  # int8 in and out: no (de)quantization around it
+            content = _bench.plain_tflite(layer_model, mode, calibration, integer_io=True)
+            runners[f"{i} {mode}"] = _bench.tflite_runner(content, calibration[0], 1)
+        counts[i] = (kind, count)
+    photos = calibration_views(bundled_photos()[0], model.input_shape[1], 32, seed=0)
+    for mode in ("float32", "int8"):
+        content = convert(model, mode, photos, progress=False)
+        runners[f"model {mode}"] = _bench.tflite_runner(content, image[0], 1)
+    stats = _bench.interleaved(runners, FLAGS.runs, "model float32")
+    kinds: dict = {}
+    for i, (kind, count) in counts.items():
+        row = kinds.setdefault(kind, {"layers": 0, "float32": 0.0, "int8": 0.0})
+        row["layers"] += count
+        for mode in ("float32", "int8"):
+            row[mode] += count * stats[f"{i} {mode}"]["median_ms"]
+    return {"kinds": kinds, "model": {mode: stats[f"model {mode}"]["median_ms"]
+                                      for mode in ("float32", "int8")}}
+
+
 def _markdown(data) -> list[str]:
     md = ["# Where the float32 time goes", "",
           (f"Generated by `benchmarks/op_account.py` on {data['cpu']['model']} "
@@ -131,7 +215,10 @@ def _markdown(data) -> list[str]:
            f"profiler over {data['runs']} runs, ms per run by op type of its optimised graph "
            "(calls per run in brackets), our ONNX export against the PyTorch peer's (torch "
            "export, input already normalised). Part 2: the same model with ReLU in place "
-           "of its activation, interleaved medians: the activation's cost in each runtime.")]
+           "of its activation, interleaved medians: the activation's cost in each runtime. "
+           "Part 3: LiteRT float32 against int8, each distinct convolution as a model of its "
+           "own (times x occurrences, summed by kind) and the whole model, interleaved "
+           "medians; isolated layers carry each invoke's fixed cost, read the ratios.")]
     for variant, row in data["models"].items():
         ours, peer = row["profiles"]["ours"], row["profiles"]["peer"]
         ops = sorted(set(ours["ops"]) | set(peer["ops"]),
@@ -153,6 +240,23 @@ def _markdown(data) -> list[str]:
         for runtime, c in row["activation"]["cost"].items():
             md.append(f"| {runtime} | {c['activation']} | {c['ms']:.2f} | {c['relu_ms']:.2f} | "
                       f"{c['activation_cost_ms']:.2f} |")
+        convs = row["convolutions"]
+        md += ["", (f"{variant} in LiteRT, float32 against int8: the convolutions one by one "
+                    "(each with its BatchNorm and activation), summed by kind, and the whole "
+                    "model:"), "",
+               "| kind | layers | float32 ms | int8 ms | int8 / float32 |", "|---|---|---|---|---|"]
+        totals = {"float32": 0.0, "int8": 0.0}
+        for kind, c in convs["kinds"].items():
+            md.append(f"| {kind} | {c['layers']} | {c['float32']:.2f} | {c['int8']:.2f} | "
+                      f"{c['int8'] / c['float32']:.2f} |")
+            for mode in totals:
+                totals[mode] += c[mode]
+        md.append(f"| all convolutions | {sum(c['layers'] for c in convs['kinds'].values())} | "
+                  f"{totals['float32']:.2f} | {totals['int8']:.2f} | "
+                  f"{totals['int8'] / totals['float32']:.2f} |")
+        whole = convs["model"]
+        md.append(f"| the whole model | | {whole['float32']:.2f} | {whole['int8']:.2f} | "
+                  f"{whole['int8'] / whole['float32']:.2f} |")
     return md
 
 
@@ -161,6 +265,9 @@ def main(argv):
     import warnings
 
     import tensorflow as tf
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # the exports log every file they write
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -112,6 +112,29 @@ def test_runtimes_one_model(tmp_path):
         assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in runners.values())
 
 
+@pytest.mark.slow
+def test_op_account_one_model(tmp_path):
+    """benchmarks/op_account.py on Lite0, two runs: both profiles, the activation rows,
+    and every convolution of the model counted once in the per-kind account."""
+    import keras
+
+    import keras_effnet as ke
+
+    out = _run("op_account.py", "--models=lite0", "--runs=2", f"--out={tmp_path}",
+               "--noupdate_readme")
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads((tmp_path / "op_account.json").read_text())["models"]["lite0"]
+    for side in ("ours", "peer"):
+        assert row["profiles"][side]["ops"]["Conv"]["ms"] > 0
+    assert set(row["activation"]["cost"]) == {"LiteRT", "ONNX Runtime"}
+    convs = [layer for layer in ke.EfficientNetLite0(weights=None).layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    kinds = row["convolutions"]["kinds"]
+    assert sum(c["layers"] for c in kinds.values()) == len(convs)
+    assert {"stem 3x3 / 2", "head 1x1", "depthwise 5x5 / 2"} <= set(kinds)
+    assert all(c["float32"] > 0 and c["int8"] > 0 for c in kinds.values())
+
+
 # measured quantities: a number with a unit of time, speed, size, loss or share, or "N.Nx"
 _MEASURED = re.compile(r"\d+(?:\.\d+)?\s?(?:ms\b|%|dB\b|MB\b|GB\b|img/s|images/s)"
                        r"|\b\d+\.\d+x\b|\bx\s?\d+\.\d+\b")
