@@ -8,7 +8,7 @@ import hashlib
 import os
 import re
 
-__all__ = ["cache_dir", "download", "parse_hub_spec", "sha256_of"]
+__all__ = ["cache_dir", "download", "parse_hub_spec", "sha256_of", "verify_file"]
 
 _HUB_SPEC = re.compile(r"hub:(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w.-]+))?"
                        r"(?::(?P<filename>[\w./-]+))?")
@@ -49,10 +49,13 @@ def _how_to_fetch(repo_id: str, filename: str, revision: str, cache: str) -> str
 
 
 def download(repo_id: str, filename: str = "model.safetensors", revision: str = "main",
-             sha256: str | None = None) -> tuple[str, str]:
+             sha256: str | None = None, verify: bool = True) -> tuple[str, str]:
     """The local path of `filename` in `repo_id` at `revision`, downloaded once into the
     Hugging Face cache, and its sha256. The sha256 must equal `sha256` when given, and
-    the Hub's content hash (the cached blob's name) when the file is a Hub LFS blob."""
+    the Hub's content hash (the cached blob's name) when the file is a Hub LFS blob.
+    With verify=False a known hash (pinned, or the blob's name) is returned without
+    reading the file, for a caller that has a product of it already made under that
+    hash and calls `verify_file` before it reads the file itself."""
     if not filename.endswith(".safetensors"):
         raise ValueError(f"{repo_id}/{filename}: only .safetensors files are downloaded "
                          "(a pickle from the network could run code)")
@@ -77,12 +80,20 @@ def download(repo_id: str, filename: str = "model.safetensors", revision: str = 
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
         raise ValueError(f"the Hub has no {repo_id} / {filename} at revision {revision} "
                          f"({type(exc).__name__})") from exc
-    found = sha256_of(path)
     blob = os.path.basename(os.path.realpath(path))
     expected = sha256 or (blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None)
+    if expected is not None and not verify:
+        return path, expected
+    return path, verify_file(path, expected, f"{repo_id}/{filename}@{revision} in {cache}",
+                             pinned=sha256 is not None)
+
+
+def verify_file(path: str, expected: str | None, where: str, pinned: bool = False) -> str:
+    """The file's sha256, ValueError when it is not `expected` (None: anything)."""
+    found = sha256_of(path)
     if expected is not None and found != expected:
         raise ValueError(
-            f"{repo_id}/{filename}@{revision} in {cache} has sha256 {found}, expected "
-            f"{expected} ({'pinned' if sha256 else 'the Hub content hash'}): the file is "
-            "corrupt or was replaced. Delete it from the cache and download it again.")
-    return path, found
+            f"{where} has sha256 {found}, expected {expected} "
+            f"({'pinned' if pinned else 'the Hub content hash'}): the file is corrupt or "
+            "was replaced. Delete it from the cache and download it again.")
+    return found

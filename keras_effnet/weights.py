@@ -566,10 +566,17 @@ def _lite_package_weights(model, variant: VariantSpec, include_top: bool) -> Non
 
 def _hub_weights(model, variant: VariantSpec, repo_id: str, filename: str, revision: str,
                  sha256: str | None, set_name: str, include_top: bool) -> None:
-    path, digest = hub.download(repo_id, filename, revision, sha256)
+    # the file is hashed only when it is converted: a conversion cached under its hash
+    # (pinned, or the Hub's content hash that names the blob) was made from a checked file
+    path, digest = hub.download(repo_id, filename, revision, sha256, verify=False)
     source = f"{repo_id}@{revision}/{filename}"
+
+    def convert():
+        hub.verify_file(path, digest, f"{source} ({path})", pinned=sha256 is not None)
+        return _safetensors_weights(path, source, variant)
+
     _load_converted(model, variant, _converted_cache_path(variant, set_name, digest),
-                    lambda: _safetensors_weights(path, source, variant), include_top)
+                    convert, include_top)
 
 
 def _save_cache(model: keras.Model, cached: str) -> None:

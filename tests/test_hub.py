@@ -121,6 +121,22 @@ def test_a_changed_file_is_refused(hub_cache):
         ke.EfficientNetB0(weights="autoaugment")
 
 
+def test_the_file_is_hashed_when_converted_not_at_every_build(hub_cache, monkeypatch):
+    """The first build hashes the downloaded file and converts it; later builds find the
+    conversion cached under the file's content hash and do not read the file again
+    (hashing L2's 1.9 GB at every build would cost seconds)."""
+    from keras_effnet import hub
+
+    real, hashed = hub.sha256_of, []
+    monkeypatch.setattr(hub, "sha256_of", lambda path: hashed.append(path) or real(path))
+    source = _random("b0", seed=5)
+    blob = _publish(hub_cache, weight_sets.find("b0", "noisy-student").repo_id, source, "b0")
+    assert _same_weights(ke.EfficientNetB0(weights="noisy-student"), source)
+    assert [os.path.realpath(p) for p in hashed] == [str(blob)]
+    assert _same_weights(ke.EfficientNetB0(weights="noisy-student"), source)
+    assert len(hashed) == 1
+
+
 def test_any_hub_repo_by_id(hub_cache):
     source = _random("lite0", seed=4)
     _publish(hub_cache, "someone/my-lite0", source, "lite0", filename="weights.safetensors")
