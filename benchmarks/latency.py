@@ -20,7 +20,8 @@ same threads (TensorFlow's matmul for Keras rows, one LiteRT FULLY_CONNECTED
 op in float32 or int8 for TFLite rows). Keras runs are a compiled
 tf.function on the TensorFlow runtime; TFLite runs are LiteRT with XNNPACK.
 Weights do not change latency, so every model is built with weights=None
-(nothing is downloaded). Writes
+(nothing is downloaded); our B models get their keras.applications peer's random
+weights, so that in those comparisons only the graphs differ. Writes
 benchmarks/results/latency.{json,md}.
 """
 
@@ -64,7 +65,11 @@ class Models:
 
     def model(self, key: str):
         if key not in self._models:
-            self._models[key] = _bench.build_model(key)
+            model = _bench.build_model(key)
+            peer = _keras_peer(key)
+            if peer is not None:  # the same (random) weights: only the graphs differ
+                model.set_weights(self.model(peer).get_weights())
+            self._models[key] = model
         return self._models[key]
 
     def runner(self, key: str, runtime: str, image):
@@ -92,6 +97,17 @@ class Models:
         from keras_effnet.export import bundled_photos, calibration_views
 
         return calibration_views(bundled_photos()[0], size, self.calibration_count)
+
+
+def _keras_peer(key: str) -> str | None:
+    """keras.applications' model with our model's layers, in order (ours:b0 ->
+    keras:EfficientNetB0), or None."""
+    import keras_effnet as ke
+
+    owner, name = key.split(":")
+    if owner != "ours" or not name.startswith("b") or name in ("b8",):
+        return None
+    return f"keras:{ke.get_variant(name).constructor_name}"
 
 
 def _mode(runtime: str) -> str:
