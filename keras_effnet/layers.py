@@ -73,7 +73,8 @@ class Normalization(keras.layers.Layer):
         # images: x * (1 / std) as a 1x1 depthwise convolution, which the TFLite converter
         # merges with the Rescaling before it into one DEPTHWISE_CONV_2D (as elementwise ops
         # they stay MUL, SUB, MUL over the full-size input: 0.84 ms against 0.22 ms of B0's
-        # 13.5 on one thread); TensorFlow runs it faster too
+        # 13.5 on one thread, a stem-only probe); TensorFlow runs it faster too.
+        # tests/test_export.py::test_stem_converts_to_two_exact_ops_on_both_paths
         kernel = ops.convert_to_tensor((1.0 / std).reshape(1, 1, -1, 1), dtype=self.compute_dtype)
         data_format = "channels_first" if self.axis in (1, -3) else "channels_last"
         return ops.depthwise_conv(x, kernel, 1, "valid", data_format=data_format) + offset
@@ -108,7 +109,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
     batch 32 took 0.92x (2 threads) and 0.89x (1 thread) the time of Keras'
     ops. For a batch known to hold at most SMALL_BATCH images Keras' ops are
     faster (batch 1 on one thread: 0.90x the fused kernel's time; even at 8
-    and 16), so those take Keras' path. The TFLite converter produces the same ops
+    and 16), so those take Keras' path (figures from a probe script timing
+    both paths in one process; benchmarks/latency.py and throughput.py hold
+    the model-level results). The TFLite converter produces the same ops
     either way. Other backends, synchronized (cross-replica) statistics or
     renorm in training, masks and anything but 4-D channels-last inputs take
     Keras' own path. Same class name as Keras', so weight files and
