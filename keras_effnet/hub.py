@@ -53,9 +53,10 @@ def download(repo_id: str, filename: str = "model.safetensors", revision: str = 
     """The local path of `filename` in `repo_id` at `revision`, downloaded once into the
     Hugging Face cache, and its sha256. The sha256 must equal `sha256` when given, and
     the Hub's content hash (the cached blob's name) when the file is a Hub LFS blob.
-    With verify=False a known hash (pinned, or the blob's name) is returned without
-    reading the file, for a caller that has a product of it already made under that
-    hash and calls `verify_file` before it reads the file itself."""
+    With verify=False the file is not read: the hash returned is the one it must have
+    (pinned, or the blob's name; None when neither is known), for a caller that may have
+    a product of it already made under that hash and calls `verify_file` before it
+    reads the file itself."""
     if not filename.endswith(".safetensors"):
         raise ValueError(f"{repo_id}/{filename}: only .safetensors files are downloaded "
                          "(a pickle from the network could run code)")
@@ -82,7 +83,7 @@ def download(repo_id: str, filename: str = "model.safetensors", revision: str = 
                          f"({type(exc).__name__})") from exc
     blob = os.path.basename(os.path.realpath(path))
     expected = sha256 or (blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None)
-    if expected is not None and not verify:
+    if not verify:
         return path, expected
     return path, verify_file(path, expected, f"{repo_id}/{filename}@{revision} in {cache}",
                              pinned=sha256 is not None)

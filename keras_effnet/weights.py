@@ -568,11 +568,13 @@ def _hub_weights(model, variant: VariantSpec, repo_id: str, filename: str, revis
                  sha256: str | None, set_name: str, include_top: bool) -> None:
     # the file is hashed only when it is converted: a conversion cached under its hash
     # (pinned, or the Hub's content hash that names the blob) was made from a checked file
-    path, digest = hub.download(repo_id, filename, revision, sha256, verify=False)
+    path, expected = hub.download(repo_id, filename, revision, sha256, verify=False)
+    digest = expected or hub.sha256_of(path)  # a file with no known hash: named by its own
     source = f"{repo_id}@{revision}/{filename}"
 
     def convert():
-        hub.verify_file(path, digest, f"{source} ({path})", pinned=sha256 is not None)
+        if expected is not None:
+            hub.verify_file(path, expected, f"{source} ({path})", pinned=sha256 is not None)
         return _safetensors_weights(path, source, variant)
 
     _load_converted(model, variant, _converted_cache_path(variant, set_name, digest),

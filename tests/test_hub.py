@@ -146,6 +146,22 @@ def test_any_hub_repo_by_id(hub_cache):
         ke.EfficientNetLite0(weights="hub:someone/my-lite0:weights.bin")
 
 
+def test_a_file_without_a_content_hash_is_named_by_its_own(hub_cache, isolated_keras_home):
+    """A file the Hub stores in git, not LFS, has a blob named by its git hash: nothing to
+    check it against, so its own sha256 names the cached conversion."""
+    source = _random("lite0", seed=6)
+    blob = _publish(hub_cache, "someone/git-lite0", source, "lite0")
+    git_named = blob.with_name("0" * 40)
+    blob.rename(git_named)
+    link = next((hub_cache / "models--someone--git-lite0" / "snapshots").glob("*/*"))
+    link.unlink()
+    link.symlink_to(os.path.relpath(git_named, link.parent))
+    assert _same_weights(ke.EfficientNetLite0(weights="hub:someone/git-lite0"), source)
+    digest = hashlib.sha256(git_named.read_bytes()).hexdigest()
+    cached = isolated_keras_home / "models" / "keras_effnet"
+    assert list(cached.glob(f"*someone--git-lite0_{digest[:12]}.weights.h5"))
+
+
 def test_the_table_is_complete():
     """Every named variant has at least one set; every Hub row names timm's port of it."""
     for name in ke.VARIANTS:
