@@ -51,21 +51,20 @@ flags.DEFINE_string("out", str(_bench.RESULTS), "output folder")
 flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
 
 
-def _session(path: str, profile_prefix: str | None = None):
+def _profiled_session(path: str, profile_prefix: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
+    options.enable_profiling = True
+    options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def _profile(path: str, images: np.ndarray, runs: int, folder: str) -> dict:
     """{op type: (ms per run, calls per run)} and the total, from ONNX Runtime's
     profiler; the first run (memory planning) is left out."""
-    session = _session(path, os.path.join(folder, os.path.basename(path)))
+    session = _profiled_session(path, os.path.join(folder, os.path.basename(path)))
     name = session.get_inputs()[0].name
     for _ in range(runs + 1):
         session.run(None, {name: images})
@@ -111,6 +110,7 @@ def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dic
     import keras_effnet as ke
     from keras_effnet.builder import build_efficientnet
     from keras_effnet.export import to_onnx
+    from keras_effnet.export.onnx import onnx_session
     from keras_effnet.export.tflite import convert
 
     spec = ke.get_variant(variant)
@@ -121,7 +121,7 @@ def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dic
         content = convert(m, "float32", progress=False)
         runners[f"LiteRT {label}"] = _bench.tflite_runner(content, image[0], 1)
         path = str(to_onnx(m, os.path.join(folder, f"{variant}_{label}.onnx"), overwrite=True))
-        session = _session(path)
+        session = onnx_session(path, threads=1)
         name = session.get_inputs()[0].name
         runners[f"ONNX Runtime {label}"] = (
             lambda s=session, n=name: s.run(None, {n: image}))
