@@ -87,6 +87,7 @@ def _account(variant: str, folder: str) -> dict:
 
     import keras_effnet as ke
     from keras_effnet.export import bundled_photos, to_onnx
+    from keras_effnet.export.tflite import convert
 
     keras.utils.set_random_seed(0)
     model = ke.build(variant, weights=None)
@@ -100,13 +101,16 @@ def _account(variant: str, folder: str) -> dict:
     profiles = {"ours": _profile(ours, image, FLAGS.runs, folder),
                 "peer": _profile(peer, peer_image.transpose(0, 3, 1, 2).copy(), FLAGS.runs,
                                  folder)}
+    tflite = convert(model, "float32", progress=False)  # parts 2 and 3 share both files
     return {"size": size, "profiles": profiles,
-            "activation": _activation_cost(model, variant, image, folder),
-            "convolutions": _conv_account(model, image)}
+            "activation": _activation_cost(model, variant, image, folder, tflite, ours),
+            "convolutions": _conv_account(model, image, tflite)}
 
 
-def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dict:
-    """Interleaved medians: ours and ours with ReLU, in LiteRT and ONNX Runtime."""
+def _activation_cost(model, variant: str, image: np.ndarray, folder: str, tflite: bytes,
+                     onnx_path: str) -> dict:
+    """Interleaved medians: ours (`tflite`, `onnx_path`) and ours with ReLU, in LiteRT
+    and ONNX Runtime."""
     import keras_effnet as ke
     from keras_effnet.builder import build_efficientnet
     from keras_effnet.export import to_onnx
@@ -116,11 +120,11 @@ def _activation_cost(model, variant: str, image: np.ndarray, folder: str) -> dic
     spec = ke.get_variant(variant)
     relu = build_efficientnet(dataclasses.replace(spec, activation="relu"), weights=None)
     relu.set_weights(model.get_weights())
+    relu_onnx = str(to_onnx(relu, os.path.join(folder, f"{variant}_relu.onnx"), overwrite=True))
     runners = {}
-    for label, m in ((spec.activation, model), ("relu", relu)):
-        content = convert(m, "float32", progress=False)
+    for label, content, path in ((spec.activation, tflite, onnx_path),
+                                 ("relu", convert(relu, "float32", progress=False), relu_onnx)):
         runners[f"LiteRT {label}"] = _bench.tflite_runner(content, image[0], 1)
-        path = str(to_onnx(m, os.path.join(folder, f"{variant}_{label}.onnx"), overwrite=True))
         session = onnx_session(path, threads=1)
         name = session.get_inputs()[0].name
         runners[f"ONNX Runtime {label}"] = (
@@ -178,7 +182,7 @@ def _conv_models(model) -> dict:
     return found
 
 
-def _conv_account(model, image: np.ndarray) -> dict:
+def _conv_account(model, image: np.ndarray, tflite: bytes) -> dict:
     """LiteRT float32 and int8 ms per kind (summed over occurrences), and the whole
     model's float32 and int8 (uint8 would add only the input's requantization)."""
     from keras_effnet.export import bundled_photos, calibration_views
@@ -194,8 +198,8 @@ def _conv_account(model, image: np.ndarray) -> dict:
             runners[f"{i} {mode}"] = _bench.tflite_runner(content, calibration[0], 1)
         counts[i] = (kind, count)
     photos = calibration_views(bundled_photos()[0], model.input_shape[1], 32, seed=0)
-    for mode in ("float32", "int8"):
-        content = convert(model, mode, photos, progress=False)
+    for mode, content in (("float32", tflite),
+                          ("int8", convert(model, "int8", photos, progress=False))):
         runners[f"model {mode}"] = _bench.tflite_runner(content, image[0], 1)
     stats = _bench.interleaved(runners, FLAGS.runs, "model float32")
     kinds: dict = {}
