@@ -18,7 +18,7 @@ from conftest import REPO, photo_model
 import keras_effnet as ke
 from keras_effnet import export as kx
 from keras_effnet.export.data import calibration_views
-from keras_effnet.export.preprocess import fold_preprocessing
+from keras_effnet.export.preprocess import fold_preprocessing, space_to_depth_stem
 from keras_effnet.export.tflite import convert
 from keras_effnet.layers import BatchNormalization as FusedBatchNormalization
 
@@ -119,6 +119,30 @@ def test_fold_preprocessing_is_the_same_function():
                                    atol=1e-6)
 
 
+def test_space_to_depth_stem_is_the_same_function():
+    """The stem as SPACE_TO_DEPTH + 2x2 conv equals the 3x3 stride-2 conv, border
+    included, with the preprocessing folded or left out of the model; a model whose
+    stem it cannot rewrite (odd size, no fixed size) comes back as it was."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 64, 3)).astype("float32")
+    for model in (ke.EfficientNetLite0(weights=None, input_shape=(48, 64, 3)),
+                  ke.EfficientNetB0(weights=None, input_shape=(48, 64, 3),
+                                    include_preprocessing=False)):
+        folded = fold_preprocessing(model)
+        blocked = space_to_depth_stem(folded)
+        assert blocked.get_layer("stem_conv").get_weights()[0].shape[:3] == (2, 2, 12)
+        assert "stem_conv_pad" not in [layer.name for layer in blocked.layers]
+        stem = [keras.Model(m.inputs, m.get_layer("stem_conv").output) for m in (model, blocked)]
+        reference = np.asarray(stem[0](x))
+        np.testing.assert_allclose(np.asarray(stem[1](x)), reference,
+                                   atol=1e-5 * np.abs(reference).max())
+        np.testing.assert_allclose(blocked.predict(x, verbose=0), model.predict(x, verbose=0),
+                                   atol=1e-6)
+    for model in (ke.EfficientNetLite0(weights=None, input_shape=(63, 64, 3)),
+                  ke.EfficientNetLite0(weights=None, input_shape=(None, None, 3))):
+        assert space_to_depth_stem(fold_preprocessing(model)).get_layer(
+            "stem_conv").kernel.shape[:2] == (3, 3)
+
+
 def _stem_tflite_outputs(content: bytes, image: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -133,10 +157,11 @@ def _stem_tflite_outputs(content: bytes, image: np.ndarray) -> np.ndarray:
 def test_stem_converts_to_two_exact_ops_on_both_paths(size):
     """The stem's preprocessing becomes one DEPTHWISE_CONV_2D before the stem
     CONV_2D whether a user converts the plain way (model.export, then the
-    TFLiteConverter) or through to_tflite, in float32 and int8, and the border
-    rows and columns, where the convolution reads padding, are as exact as the
-    interior. One CONV_2D alone cannot be: the padding must read normalised
-    zero, which a convolution over raw pixels cannot express."""
+    TFLiteConverter) or through to_tflite, in float32 and int8 (to_tflite's int8
+    file on an even size puts SPACE_TO_DEPTH first and runs the stem as a 2x2
+    conv), and the border rows and columns, where the convolution reads padding,
+    are as exact as the interior. One CONV_2D alone cannot be: the padding must
+    read normalised zero, which a convolution over raw pixels cannot express."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import _bench
 
@@ -153,7 +178,9 @@ def test_stem_converts_to_two_exact_ops_on_both_paths(size):
                        convert(stem, mode, images=calibration, progress=False))
             ops = [op.op for op in read_model(content).ops
                    if op.op not in ("QUANTIZE", "DEQUANTIZE")]
-            assert ops == ["DEPTHWISE_CONV_2D", "CONV_2D", "LOGISTIC", "MUL"], (path, mode, ops)
+            blocked = path == "to_tflite" and mode == "int8" and size % 2 == 0
+            assert ops == ["SPACE_TO_DEPTH"] * blocked + [
+                "DEPTHWISE_CONV_2D", "CONV_2D", "LOGISTIC", "MUL"], (path, mode, ops)
             error = np.abs(_stem_tflite_outputs(content, image) - reference)
             borders = [error[0], error[-1], error[:, 0], error[:, -1]]
             interior = error[1:-1, 1:-1].max()
