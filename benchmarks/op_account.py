@@ -198,6 +198,10 @@ def _conv_account(model, image: np.ndarray, tflite: bytes) -> dict:
             runners[f"{i} {mode}"] = _bench.tflite_runner(content, calibration[0], 1)
         counts[i] = (kind, count)
     photos = calibration_views(bundled_photos()[0], model.input_shape[1], 32, seed=0)
+    for form, stem in _stem_forms(model).items():
+        for mode in ("float32", "int8"):
+            content = _bench.plain_tflite(stem, mode, photos[:8], integer_io=True)
+            runners[f"stem {form} {mode}"] = _bench.tflite_runner(content, photos[0], 1)
     for mode, content in (("float32", tflite),
                           ("int8", convert(model, "int8", photos, progress=False))):
         runners[f"model {mode}"] = _bench.tflite_runner(content, image[0], 1)
@@ -208,8 +212,33 @@ def _conv_account(model, image: np.ndarray, tflite: bytes) -> dict:
         row["layers"] += count
         for mode in ("float32", "int8"):
             row[mode] += count * stats[f"{i} {mode}"]["median_ms"]
-    return {"kinds": kinds, "model": {mode: stats[f"model {mode}"]["median_ms"]
-                                      for mode in ("float32", "int8")}}
+    return {"kinds": kinds,
+            "stem_forms": {form: {mode: stats[f"stem {form} {mode}"]["median_ms"]
+                                  for mode in ("float32", "int8")}
+                           for form in _stem_forms(model)},
+            "model": {mode: stats[f"model {mode}"]["median_ms"]
+                      for mode in ("float32", "int8")}}
+
+
+def _stem_forms(model) -> dict:
+    """The exported stem (preprocessing as one 1x1 depthwise conv, stem conv, BN,
+    activation) as a model, in its 3x3 stride-2 form and as space-to-depth + 2x2,
+    the form `convert` writes in the integer modes."""
+    import keras
+
+    from keras_effnet.export.preprocess import fold_preprocessing, space_to_depth_stem
+
+    folded = fold_preprocessing(model)
+    stem = keras.Model(folded.inputs, _output_in(folded, "stem_activation"))
+    return {"3x3 / 2": stem, "space-to-depth 2x2": space_to_depth_stem(stem)}
+
+
+def _output_in(model, name: str):
+    """The output of layer `name` in `model`'s own graph (a rebuilt model shares layers
+    with the original, whose first call is another graph)."""
+    from keras_effnet import graph
+
+    return graph.output_tensors(model.get_layer(name), -1)[0]
 
 
 def _markdown(data) -> list[str]:
@@ -259,8 +288,15 @@ def _markdown(data) -> list[str]:
                   f"{totals['float32']:.2f} | {totals['int8']:.2f} | "
                   f"{totals['int8'] / totals['float32']:.2f} |")
         whole = convs["model"]
-        md.append(f"| the whole model | | {whole['float32']:.2f} | {whole['int8']:.2f} | "
-                  f"{whole['int8'] / whole['float32']:.2f} |")
+        md.append(f"| the whole model (as exported) | | {whole['float32']:.2f} | "
+                  f"{whole['int8']:.2f} | {whole['int8'] / whole['float32']:.2f} |")
+        md += ["", (f"{variant}'s exported stem (preprocessing, stem conv, BN, activation) "
+                    "in its two forms; `convert` writes the space-to-depth one in the "
+                    "integer modes:"), "",
+               "| stem form | float32 ms | int8 ms | int8 / float32 |", "|---|---|---|---|"]
+        for form, c in convs["stem_forms"].items():
+            md.append(f"| {form} | {c['float32']:.2f} | {c['int8']:.2f} | "
+                      f"{c['int8'] / c['float32']:.2f} |")
     return md
 
 

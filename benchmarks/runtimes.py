@@ -1,6 +1,6 @@
 """Every runtime a user could pick for the same EfficientNet, in one process, interleaved.
 
-    python benchmarks/runtimes.py [--models b0,lite0] [--runs 25] [--out DIR]
+    python benchmarks/runtimes.py [--models b0,lite0,b1] [--runs 25] [--out DIR]
 
 Two settings, each in its own process (TensorFlow fixes its thread pools when it
 starts): batch 1 on one thread, and batch 32 on all threads. Per model and setting, every
@@ -45,7 +45,7 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["b0", "lite0"], "variants (b0, b1, lite0, ...)")
+flags.DEFINE_list("models", ["b0", "lite0", "b1"], "variants (b0, b1, lite0, ...)")
 flags.DEFINE_integer("runs", 25, "interleaved rounds per model and setting")
 flags.DEFINE_enum("setting", None, ["single", "all"], "run one setting in this process "
                   "(used by the parent run: single = batch 1, one thread; all = batch 32, "

@@ -115,7 +115,8 @@ def test_runtimes_one_model(tmp_path):
 @pytest.mark.slow
 def test_op_account_one_model(tmp_path):
     """benchmarks/op_account.py on Lite0, two runs: both profiles, the activation rows,
-    and every convolution of the model counted once in the per-kind account."""
+    every convolution of the model counted once in the per-kind account, and the
+    exported stem timed in both of its forms."""
     import keras
 
     import keras_effnet as ke
@@ -133,6 +134,9 @@ def test_op_account_one_model(tmp_path):
     assert sum(c["layers"] for c in kinds.values()) == len(convs)
     assert {"stem 3x3 / 2", "head 1x1", "depthwise 5x5 / 2"} <= set(kinds)
     assert all(c["float32"] > 0 and c["int8"] > 0 for c in kinds.values())
+    forms = row["convolutions"]["stem_forms"]
+    assert set(forms) == {"3x3 / 2", "space-to-depth 2x2"}
+    assert all(c["float32"] > 0 and c["int8"] > 0 for c in forms.values())
 
 
 # measured quantities: a number with a unit of time, speed, size, loss or share, or "N.Nx"
