@@ -12,7 +12,8 @@ calibration images go through the model's own preprocessing, which lives
 inside the model. Two exact rewrites come first (keras_effnet.export.preprocess):
 the preprocessing becomes one 1x1 depthwise convolution, and in the integer modes
 the stem's 3x3 stride-2 convolution on an even-sized image becomes SPACE_TO_DEPTH
-and a 2x2 convolution on 12 channels, which integer kernels run faster.
+and a 2x2 convolution on 12 channels, which CPU integer kernels run faster
+(`to_edgetpu` keeps the 3x3 form).
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ def se_node_names(tflite_bytes: bytes, model) -> list[str]:
 
 def convert(model, mode: str, representative_data=None, se="keep", batch_size: int | None = 1,
             image_size: int | None = None, progress: bool = True,
-            images: np.ndarray | None = None) -> bytes:
+            images: np.ndarray | None = None, space_to_depth: bool = True) -> bytes:
     """The `.tflite` bytes; nothing is written. `images` skips re-reading
-    `representative_data` when the caller has already checked it."""
+    `representative_data` when the caller has already checked it; `space_to_depth`
+    False keeps the 3x3 stem in the integer modes too."""
     import tensorflow as tf
 
     check_mode(mode)
@@ -100,7 +102,7 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
         raise ValueError(f"se='float' keeps SE in float inside an integer model; mode={mode!r} "
                          "is not integer: use mode='int8' or 'uint8'")
     transformed = fold_preprocessing(apply_se_strategy(model, parts))
-    if mode in QUANTIZED_MODES:  # float kernels run the 3x3 stem as fast as the 2x2 one
+    if mode in QUANTIZED_MODES and space_to_depth:  # float kernels gain nothing from it
         transformed = space_to_depth_stem(transformed)
     with tempfile.TemporaryDirectory(prefix="keras_effnet_export_") as folder:
         _saved_model(transformed, folder, (batch_size, height, width, 3))
