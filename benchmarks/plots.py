@@ -178,6 +178,8 @@ def formats(matrix: dict, folder: pathlib.Path, plt) -> list[pathlib.Path]:
 def runtimes(data: dict, folder: pathlib.Path, plt) -> list[pathlib.Path]:
     """Horizontal bars, one panel per (setting, model): each runner's median latency with
     its p10-p90 spread; ours in LiteRT green, ours elsewhere blue, peers grey."""
+    from matplotlib import ticker
+
     panels = [(setting, result, model, row) for setting, result in data["settings"].items()
               for model, row in result["models"].items()]
     columns = len({model for _, _, model, _ in panels})
@@ -198,6 +200,13 @@ def runtimes(data: dict, folder: pathlib.Path, plt) -> list[pathlib.Path]:
                         fontsize=7)
         axis.invert_yaxis()
         axis.set_xscale("log")
+        # plain numbers at 1-2-5 steps: matplotlib's default writes 3x10^1 and 4x10^1
+        # on top of each other
+        plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        axis.xaxis.set_major_formatter(plain)
+        axis.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        axis.xaxis.set_minor_formatter(plain)
+        axis.tick_params(axis="x", which="both", labelsize=7)
         axis.set_xlabel("ms, median (p10-p90), log scale", fontsize=8)
         axis.set_title(f"{model}: batch {result['batch']}, {result['threads']} thread(s)",
                        fontsize=9)

@@ -108,6 +108,7 @@ def test_runtimes_one_model(tmp_path):
         runners = result["models"]["lite0"]["runners"]
         assert runners["LiteRT float32 (ours)"]["ratio_to_ours_float32"] == 1.0
         assert {"LiteRT uint8 (ours)", "ONNX Runtime float32 (ours)",
+                "ONNX Runtime int8 QDQ, uint8 activations (ours)",
                 "TensorFlow (ours)"} <= set(runners)
         assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in runners.values())
 
