@@ -135,8 +135,9 @@ def test_space_to_depth_stem_is_the_same_function():
         reference = np.asarray(stem[0](x))
         np.testing.assert_allclose(np.asarray(stem[1](x)), reference,
                                    atol=1e-5 * np.abs(reference).max())
+        # float32 summation order differs; a random-weight net grows it to ~1e-5 (Keras 3.12)
         np.testing.assert_allclose(blocked.predict(x, verbose=0), model.predict(x, verbose=0),
-                                   atol=1e-6)
+                                   atol=5e-5)
     for model in (ke.EfficientNetLite0(weights=None, input_shape=(63, 64, 3)),
                   ke.EfficientNetLite0(weights=None, input_shape=(None, None, 3))):
         assert space_to_depth_stem(fold_preprocessing(model)).get_layer(
