@@ -198,7 +198,8 @@ def _conv_account(model, image: np.ndarray, tflite: bytes) -> dict:
             runners[f"{i} {mode}"] = _bench.tflite_runner(content, calibration[0], 1)
         counts[i] = (kind, count)
     photos = calibration_views(bundled_photos()[0], model.input_shape[1], 32, seed=0)
-    for form, stem in _stem_forms(model).items():
+    forms = _stem_forms(model)
+    for form, stem in forms.items():
         for mode in ("float32", "int8"):
             content = _bench.plain_tflite(stem, mode, photos[:8], integer_io=True)
             runners[f"stem {form} {mode}"] = _bench.tflite_runner(content, photos[0], 1)
@@ -215,7 +216,7 @@ def _conv_account(model, image: np.ndarray, tflite: bytes) -> dict:
     return {"kinds": kinds,
             "stem_forms": {form: {mode: stats[f"stem {form} {mode}"]["median_ms"]
                                   for mode in ("float32", "int8")}
-                           for form in _stem_forms(model)},
+                           for form in forms},
             "model": {mode: stats[f"model {mode}"]["median_ms"]
                       for mode in ("float32", "int8")}}
 

@@ -83,26 +83,32 @@ def _onnx(path, images: np.ndarray, threads: int):
     return lambda: session.run(None, {name: images})
 
 
-def _onnx_int8(path, out_path, calibration: np.ndarray, activations: str):
+def _onnx_int8(path: str, calibration: np.ndarray) -> dict:
+    """{activation type: path}: `path` quantized by ONNX Runtime's static QDQ quantizer
+    (per-channel int8 weights) with int8 and with uint8 activations, pre-processed once."""
     from onnxruntime import quantization as q
 
+    from keras_effnet.export.onnx import onnx_session
+
+    name = onnx_session(path).get_inputs()[0].name
+
     class Reader(q.CalibrationDataReader):
-        def __init__(self, name):
+        def __init__(self):
             self.items = iter([{name: image[None]} for image in calibration])
 
         def get_next(self):
             return next(self.items, None)
 
-    from keras_effnet.export.onnx import onnx_session
-
-    name = onnx_session(path).get_inputs()[0].name
-    prepared = str(out_path) + ".pre.onnx"
-    q.quant_pre_process(str(path), prepared)
-    q.quantize_static(prepared, str(out_path), Reader(name), quant_format=q.QuantFormat.QDQ,
-                      per_channel=True, weight_type=q.QuantType.QInt8,
-                      activation_type={"int8": q.QuantType.QInt8,
-                                       "uint8": q.QuantType.QUInt8}[activations])
-    return out_path
+    stem = os.path.splitext(path)[0]
+    prepared = f"{stem}.pre.onnx"
+    q.quant_pre_process(path, prepared)
+    paths = {}
+    for activations, kind in (("int8", q.QuantType.QInt8), ("uint8", q.QuantType.QUInt8)):
+        paths[activations] = f"{stem}_{activations}.onnx"
+        q.quantize_static(prepared, paths[activations], Reader(),
+                          quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          weight_type=q.QuantType.QInt8, activation_type=kind)
+    return paths
 
 
 def _torch_peer(variant: str, size: int, folder: str, images: np.ndarray, threads: int):
@@ -144,9 +150,7 @@ def _runners(variant: str, batch: int, threads: int, folder: str, log) -> tuple[
         log(f"  {variant}: ONNX")
         onnx_path = to_onnx(model, os.path.join(folder, f"{variant}.onnx"), overwrite=True)
         runners["ONNX Runtime float32 (ours)"] = _onnx(onnx_path, images, threads)
-        for activations in ("int8", "uint8"):
-            int8 = _onnx_int8(onnx_path, os.path.join(folder, f"{variant}_{activations}.onnx"),
-                              photos, activations)
+        for activations, int8 in _onnx_int8(str(onnx_path), photos).items():
             runners[f"ONNX Runtime int8 QDQ, {activations} activations (ours)"] = _onnx(
                 int8, images, threads)
     except ImportError as exc:
