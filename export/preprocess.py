@@ -58,14 +58,19 @@ def fold_preprocessing(model: keras.Model) -> keras.Model:
             return layer(*args, **kwargs)
         if layer.name != chain[0].name:
             return args[0]
-        # fixed, as the layers it replaces: under QAT its 0-255 inputs would otherwise give
-        # it gradients 255x those of the stem and flip its sign in two SGD steps
-        affine = layers.DepthwiseConv2D(1, use_bias=True, name="preprocessing", trainable=False)
-        out = affine(args[0])
-        affine.set_weights([scale.reshape(1, 1, channels, 1), offset])
-        return out
+        return _affine(args[0], scale, offset)
 
     return graph.rebuild(model, call=call)
+
+
+def _affine(x, scale: np.ndarray, offset: np.ndarray):
+    """x * scale + offset per channel, as the 1x1 depthwise conv named "preprocessing".
+    Fixed, as the layers it replaces: under QAT its 0-255 inputs would otherwise give it
+    gradients 255x those of the stem and flip its sign in two SGD steps."""
+    affine = layers.DepthwiseConv2D(1, use_bias=True, name="preprocessing", trainable=False)
+    out = affine(x)
+    affine.set_weights([np.reshape(scale, (1, 1, -1, 1)), np.reshape(offset, (-1,))])
+    return out
 
 
 class SpaceToDepth(layers.Layer):
@@ -159,11 +164,8 @@ def space_to_depth_stem(model: keras.Model) -> keras.Model:
     def call(layer, *args, **kwargs):
         if preprocessing is not None and layer.name == preprocessing.name:
             scale, offset = layer.get_weights()
-            blocked = layers.DepthwiseConv2D(1, use_bias=True, name="preprocessing",
-                                             trainable=False)
-            out = blocked(SpaceToDepth(name="space_to_depth")(args[0]))
-            blocked.set_weights([np.tile(scale, (1, 1, 4, 1)), np.tile(offset, 4)])
-            return out
+            return _affine(SpaceToDepth(name="space_to_depth")(args[0]),
+                           np.tile(scale.reshape(-1), 4), np.tile(offset, 4))
         if layer.name == pad.name:  # SAME padding in the convolution instead
             return args[0] if preprocessing is not None else \
                 SpaceToDepth(name="space_to_depth")(args[0])
