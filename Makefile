@@ -46,15 +46,17 @@ demo: $(DEMO_STAMP)
 
 # two pytest workers: much of the suite is single-threaded graph tracing and subprocess
 # start-up. On 2 cores: 183 tests took 11.3 min in one process; with -n 2, 191 tests
-# (the search and notebook tests added) took 7.9 min
+# (the search and notebook tests added) took 7.9 min. --dist loadgroup: tests marked
+# xdist_group("...") share one worker, so their module fixtures (QAT models, converted
+# files) are built once, not on both workers
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # also the slow tests (Lite1/2 against the PyTorch reference, the long fuzz runs)
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --run-slow tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --run-slow tests
 
 # the graph, layer and export tests on the lowest Keras that setup.py admits (its
 # `keras>=A,<B` bound is read here), installed beside the venv's own in build/
@@ -63,7 +65,7 @@ KERAS_MIN := $(shell sed -n 's/.*"keras>=\([0-9.]*\),.*/\1/p' setup.py)
 test-keras-min: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --upgrade --target build/keras-$(KERAS_MIN) "keras==$(KERAS_MIN)"
 	PYTHONPATH=build/keras-$(KERAS_MIN) $(PY) -c "import keras; assert keras.__version__ == '$(KERAS_MIN)', keras.__version__; print('keras', keras.__version__)"
-	PYTHONPATH=build/keras-$(KERAS_MIN) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_graph.py \
+	PYTHONPATH=build/keras-$(KERAS_MIN) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests/test_graph.py \
 		tests/test_layers.py tests/test_builder.py tests/test_export.py tests/test_gradcam.py
 
 # the benchmark suite (< 20 min on 2 cores): results/*.json|md|png and the README's tables

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "read_model"]
+__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "read_model", "with_signature"]
 
 
 @dataclasses.dataclass
@@ -96,3 +96,31 @@ def read_model(source) -> TFLiteGraph:
         outs = [tensor(j) for j in (op.outputs if op.outputs is not None else [])]
         ops.append(OpInfo(i, name, code.version, ins, outs, op.builtinOptions))
     return TFLiteGraph(ops, [tensor(j) for j in graph.inputs], [tensor(j) for j in graph.outputs])
+
+
+def with_signature(content: bytes, key: str, inputs: list[str], outputs: list[str]) -> bytes:
+    """`content` with a SignatureDef `key` naming the first subgraph's inputs and outputs
+    (in their order), the way a SavedModel's signature comes through the converter;
+    LiteRT's signature runners and CompiledModel find a model's tensors through it."""
+    import flatbuffers
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    graph = model.subgraphs[0]
+    if (len(graph.inputs), len(graph.outputs)) != (len(inputs), len(outputs)):
+        raise ValueError(f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} "
+                         f"outputs; the signature names {len(inputs)} and {len(outputs)}")
+
+    def tensor_map(name, index):
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name, int(index)
+        return entry
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = key, 0
+    signature.inputs = [tensor_map(n, i) for n, i in zip(inputs, graph.inputs)]
+    signature.outputs = [tensor_map(n, i) for n, i in zip(outputs, graph.outputs)]
+    model.signatureDefs = [signature]
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output())

@@ -36,9 +36,11 @@ from keras_effnet.export.data import (
     calibration_views,
     representative_images,
 )
+from keras_effnet.export.flatbuffer import with_signature
 from keras_effnet.export.metadata import class_names_for, model_metadata
 from keras_effnet.export.preprocess import fold_preprocessing
 from keras_effnet.export.se import EdgeHardSwish
+from keras_effnet.export.tflite import SIGNATURE, frozen_converter, input_size, run_converter
 from keras_effnet.files import check_destination, write_bytes
 
 __all__ = ["calibrate_ranges", "floor_ranges", "qat_to_tflite", "quantize_aware", "to_tf_keras"]
@@ -385,14 +387,17 @@ def qat_to_tflite(qat_model, path: str | os.PathLike, mode: str = "int8", *,
         raise ValueError(f"qat_to_tflite writes integer models: mode must be int8 or uint8, "
                          f"got {mode!r}")
     path = check_destination(path, overwrite)
+    height, width = input_size(qat_model)
     with _keras3_stays():
-        converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+        # traced at batch 1 and frozen in memory, as `convert` does (from_keras_model took
+        # 44 of a small model's 70 s QAT run and left dynamic-batch SHAPE/PACK/RESHAPE ops)
+        converter = frozen_converter(qat_model, (1, height, width, 3))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "uint8":
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
         floor_ranges(qat_model)  # fine-tuning may have undone them
-        content = converter.convert()
+        content = with_signature(run_converter(converter), *SIGNATURE)
     if metadata:
         content = model_metadata(content, qat_model, class_names_for(qat_model, labels))
     write_bytes(path, content, overwrite)
