@@ -298,6 +298,9 @@ def test_saved_model_file_keeps_its_class_names(tmp_path):
     assert not (tmp_path / "n.keras").exists()
 
 
+# train, export and classify through the CLI, three processes: make test-all; make test
+# runs train -> android export -> MediaPipe through the API (examples/android.ipynb)
+@pytest.mark.slow
 def test_fine_tuned_class_names_reach_mediapipe(class_folder, tmp_path):
     out = tmp_path / "run"
     trained = _cli("train", "--model", "lite0", "--phi=-4", "--image_size", "64", "--weights",

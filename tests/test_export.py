@@ -608,6 +608,8 @@ def test_onnx_export_computes_what_keras_computes(small, evaluation, tmp_path):
 
 # one pytest worker builds both QAT fixtures (about 30 s each) once (make test: --dist loadgroup)
 QAT_GROUP = pytest.mark.xdist_group("qat")
+# Lite0 with ImageNet weights, QAT-calibrated and fine-tuned (about 35 s): make test-all
+QAT_LITE0_SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -715,6 +717,7 @@ def qat_lite0(tmp_path_factory):
 
 
 @QAT_GROUP
+@QAT_LITE0_SLOW
 def test_qat_ranges_are_calibrated_before_fine_tuning(qat_lite0):
     """tfmot starts every range at [-6, 6]: uncalibrated, the QAT copy clipped 0-255 pixels
     and predicted the same for every photo (std over photos 7e-9). Calibrated, it computes
@@ -728,6 +731,7 @@ def test_qat_ranges_are_calibrated_before_fine_tuning(qat_lite0):
 
 
 @QAT_GROUP
+@QAT_LITE0_SLOW
 def test_qat_file_computes_what_the_qat_graph_computes(qat_lite0):
     """The converter's integer file against the fake-quantized graph it came from (was
     2/8 top-1 and -5.6 dB: uncalibrated ranges, a preprocessing layer that the fine-tune

@@ -81,6 +81,9 @@ def test_bad_input(lite0):
         ke.cam(lite0, "/nonexistent/cat.jpg")
 
 
+# building under JAX compiles every initializer shape (half a minute): make test-all;
+# make test runs the builder under JAX (test_builder.py)
+@pytest.mark.slow
 def test_same_map_under_jax_backend(tmp_path):
     pytest.importorskip("jax")
     keras.utils.set_random_seed(3)

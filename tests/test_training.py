@@ -106,6 +106,9 @@ def _workers(folder, out, ports, extra=()):
     return procs
 
 
+# two training processes (half a minute on 2 cores): make test-all; make test keeps the
+# two-replica MirroredStrategy test above
+@pytest.mark.slow
 def test_multi_worker_two_processes_agree(folder, tmp_path):
     """Two `keras-effnet train --strategy multi_worker` processes on 127.0.0.1 end with the
     same weights; only the chief writes the model, the other worker its own copy."""
@@ -663,6 +666,8 @@ def test_stale_partial_checkpoints_are_swept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
 
 
+# make test-all; make test writes an export to ram:// (test_export_all_to_a_remote_folder)
+@pytest.mark.slow
 def test_train_writes_to_a_remote_path(folder):
     """--out through tf.io.gfile: TensorFlow's in-memory filesystem (ram://, in every
     build) stands in for gs://. The model, its class names, the summary and the
