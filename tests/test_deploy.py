@@ -45,7 +45,8 @@ def photos():
     return calibration_views(kx.bundled_photos()[0], 64, 24, seed=7)
 
 
-# the tests that read them run on one pytest worker, which converts them once
+# the tests that read them (and the SavedModel below) run on one pytest worker, which
+# converts them once
 EXPORTED_GROUP = pytest.mark.xdist_group("deploy_exported")
 
 
@@ -220,10 +221,17 @@ def _decoded(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_saved_model_takes_encoded_images_and_names_classes(tiny, tmp_path, skimage_photos):
+@pytest.fixture(scope="module")
+def tiny_saved_model(tiny, tmp_path_factory):
+    return kx.export_saved_model(tiny, tmp_path_factory.mktemp("saved") / "sm",
+                                 class_names=NAMES)
+
+
+@EXPORTED_GROUP
+def test_saved_model_takes_encoded_images_and_names_classes(tiny_saved_model, skimage_photos):
     import tensorflow as tf
 
-    path = kx.export_saved_model(tiny, tmp_path / "sm", class_names=NAMES)
+    path = tiny_saved_model
     serve = tf.saved_model.load(str(path)).signatures["serving_bytes"]
     photos = list(skimage_photos.values())
     encoded = [_encoded(photos[0], "JPEG"), _encoded(photos[1], "PNG")]
@@ -248,8 +256,10 @@ def test_saved_model_takes_encoded_images_and_names_classes(tiny, tmp_path, skim
         serve(image_bytes=tf.constant([encoded[0], b"this is not an image"]))
 
 
-def test_saved_model_cli_runs_the_encoded_image_signature(tiny, tmp_path, skimage_photos):
-    path = kx.export_saved_model(tiny, tmp_path / "sm", class_names=NAMES)
+@EXPORTED_GROUP
+def test_saved_model_cli_runs_the_encoded_image_signature(tiny_saved_model, tmp_path,
+                                                          skimage_photos):
+    path = tiny_saved_model
     np.save(tmp_path / "request.npy", np.array([_encoded(skimage_photos["chelsea"], "JPEG")]))
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     result = subprocess.run(
