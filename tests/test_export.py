@@ -263,7 +263,8 @@ def test_fused_batchnorm_converts_to_the_same_tflite_ops(small, calib):
 def test_in_memory_conversion_gives_the_saved_model_routes_file(small, calib):
     """`convert` traces the model and freezes it in memory; writing a SavedModel and
     converting that (Keras' documented route, 5x slower) must give the same file: the
-    same ops, quantization parameters and outputs, and the same signature."""
+    same ops, quantization parameters and outputs, and the same signature key and output
+    name (the input is named `images`; model.export leaves it `args_0`)."""
     from ai_edge_litert.interpreter import Interpreter
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -606,7 +607,8 @@ def test_onnx_export_computes_what_keras_computes(small, evaluation, tmp_path):
 
 # --- quantization-aware training (the qat extra) -------------------------------------------
 
-# one pytest worker builds both QAT fixtures (about 30 s each) once (make test: --dist loadgroup)
+# one pytest worker builds the QAT fixtures (about 30 s each; the Lite0 one in make test-all
+# only) once (--dist loadgroup)
 QAT_GROUP = pytest.mark.xdist_group("qat")
 # Lite0 with ImageNet weights, QAT-calibrated and fine-tuned (about 35 s): make test-all
 QAT_LITE0_SLOW = pytest.mark.slow

@@ -421,7 +421,8 @@ def test_sigkill_mid_epoch_then_resume(folder, tmp_path):
     assert (out / "logs").is_dir()
 
 
-# about a minute; make test keeps a two-worker run and a SIGKILLed single-worker resume
+# about a minute; make test keeps the MirroredStrategy run and a SIGKILLed single-worker
+# resume
 @pytest.mark.slow
 def test_multi_worker_sigkill_one_worker_then_restart_both(folder, tmp_path):
     """BackupAndRestore's promise under MultiWorkerMirroredStrategy: SIGKILL one of two
