@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from keras_effnet.export.data import input_tensor
 from keras_effnet.files import write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,11 +144,8 @@ def tflite_runner(content: bytes, image: np.ndarray, threads: int, batch: bool =
     interpreter = litert_interpreter()(model_content=content, num_threads=threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    batch = image[None] if batch else image
-    if detail["dtype"] != np.float32:
-        limits = np.iinfo(detail["dtype"])
-        batch = np.clip(np.round(batch), limits.min, limits.max).astype(detail["dtype"])
-    interpreter.set_tensor(detail["index"], batch.astype(detail["dtype"]))
+    interpreter.set_tensor(detail["index"], input_tensor(image[None] if batch else image,
+                                                         detail["dtype"], detail["quantization"]))
 
     def run():
         interpreter.invoke()

@@ -45,6 +45,8 @@ import _bench
 import numpy as np
 from absl import app, flags
 
+from keras_effnet.export.data import input_tensor
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["b0", "lite0", "b1"], "variants (b0, b1, lite0, ...)")
@@ -67,11 +69,8 @@ def _litert(content: bytes, images: np.ndarray, threads: int):
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], images.shape)
     interpreter.allocate_tensors()
-    x = images
-    if detail["dtype"] != np.float32:
-        limits = np.iinfo(detail["dtype"])
-        x = np.clip(np.round(images), limits.min, limits.max)
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    interpreter.set_tensor(detail["index"], input_tensor(images, detail["dtype"],
+                                                         detail["quantization"]))
     return interpreter.invoke
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "bundled_photos",
     "calibration_views",
     "image_files",
+    "input_tensor",
     "labels_from_names",
     "load_folder",
     "representative_images",
@@ -194,3 +195,19 @@ def batches_of_one(images: np.ndarray, progress: bool = True,
         yield [image[None].astype(np.float32)]
         if bar is not None and ((i + 1) % step == 0 or i + 1 == len(images)):
             bar.update(i + 1)
+
+
+def input_tensor(images: np.ndarray, dtype, quantization: tuple | None = None) -> np.ndarray:
+    """Pixels (0-255) as the input of a `.tflite` image model of input `dtype`: a uint8
+    input takes the raw pixels, whatever its quantization (MediaPipe's and Coral's
+    convention, and ours: the quantization says how the model reads them); an int8
+    input the pixels quantized with its (scale, zero point); a float input the pixels."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return np.asarray(images, np.float32)
+    x = np.asarray(images, np.float32)
+    if dtype != np.uint8:
+        scale, zero = quantization
+        x = x / scale + zero
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(x), limits.min, limits.max).astype(dtype)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "read_model", "with_signature"]
+__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "read_model", "with_input_quantization",
+           "with_signature"]
 
 
 @dataclasses.dataclass
@@ -101,9 +102,10 @@ def read_model(source) -> TFLiteGraph:
 def with_signature(content: bytes, key: str, inputs: list[str], outputs: list[str]) -> bytes:
     """`content` with a SignatureDef `key` naming the first subgraph's inputs and outputs
     (in their order), the way a SavedModel's signature comes through the converter;
-    LiteRT's signature runners and CompiledModel find a model's tensors through it."""
-    import flatbuffers
-
+    LiteRT's signature runners and CompiledModel find a model's tensors through it.
+    Call it before adding metadata: the repacked flatbuffer loses the associated files
+    (labels) that MediaPipe's populator appends after it, as does
+    `with_input_quantization`."""
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
     graph = model.subgraphs[0]
@@ -121,6 +123,27 @@ def with_signature(content: bytes, key: str, inputs: list[str], outputs: list[st
     signature.inputs = [tensor_map(n, i) for n, i in zip(inputs, graph.inputs)]
     signature.outputs = [tensor_map(n, i) for n, i in zip(outputs, graph.outputs)]
     model.signatureDefs = [signature]
+    return _pack(model)
+
+
+def with_input_quantization(content: bytes, scale: float, zero_point: int) -> bytes:
+    """`content` with its (quantized) input read as scale * (q - zero_point); the ops
+    after it take their own quantization from their tensors, so the QUANTIZE after a
+    uint8 input requantizes from the new pair."""
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    graph = model.subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    if tensor.quantization is None or tensor.quantization.scale is None or \
+            len(tensor.quantization.scale) != 1:
+        raise ValueError("the model's input is not per-tensor quantized")
+    tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [zero_point]
+    return _pack(model)
+
+
+def _pack(model) -> bytes:
+    import flatbuffers
+
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output())

@@ -7,9 +7,14 @@ inputs the `NormalizationOptions` mean and std applied to 0-255 pixels) and the 
 of the classes (a labels file attached to the output tensor as `TENSOR_AXIS_LABELS`).
 Without it MediaPipe's `ImageClassifier` refuses a float input and names no class.
 
-Our models take 0-255 pixels and normalise inside, so every artifact says mean 0 and
-std 1 (float inputs: pixels as they are; uint8 inputs: raw pixels, which the converter
-quantizes with scale 1 and zero point 0).
+Our models take 0-255 pixels and normalise inside, so a float input says mean 0 and
+std 1 (pixels as they are). A uint8 input always takes the raw pixels (MediaPipe
+copies them in and reads no NormalizationOptions for it); its quantization says how
+the model reads them, scale * (p - zero point), and the metadata says the same as
+mean = zero point and std = 1 / scale, the convention of Google's and Coral's
+quantized classifiers (MobileNet v2 quant: (1/128, 128), mean and std 127.5). Ours
+are (1, 0), mean 0 and std 1, or for the Lite and EdgeTPU families, whose
+normalisation the quantization carries, (1/128, 127), mean 127 and std 128.
 
 The writer and reader are MediaPipe's (`mediapipe.tasks.python.metadata`, the `android`
 extra). mediapipe 1.2.x wheels lack one C extension that its writer imports,
@@ -272,8 +277,9 @@ def _mediapipe_metadata():
 def add_metadata(content: bytes, labels: list[str] | None, *, name: str, description: str,
                  version: str, author: str = "keras_effnet", license: str = "Apache-2.0") -> bytes:
     """`content` (a `.tflite`) with image-classifier metadata: an RGB input of the model's
-    size taking 0-255 pixels (mean 0, std 1) and probabilities named by `labels`
-    (None: no class names). Raises MetadataUnavailableError without MediaPipe."""
+    size taking 0-255 pixels (mean and std: see the module doc) and probabilities named
+    by `labels` (None: no class names). Raises MetadataUnavailableError without
+    MediaPipe."""
     import flatbuffers
 
     metadata = _mediapipe_metadata()
@@ -294,13 +300,14 @@ def add_metadata(content: bytes, labels: list[str] | None, *, name: str, descrip
     normalization = fb.ProcessUnitT()
     normalization.optionsType = fb.ProcessUnitOptions.NormalizationOptions
     normalization.options = fb.NormalizationOptionsT()
-    normalization.options.mean, normalization.options.std = [0.0], [1.0]
+    normalization.options.mean, normalization.options.std = _normalization(image)
     properties = fb.ImagePropertiesT()
     properties.colorSpace = fb.ColorSpaceType.RGB
     if len(image.shape) == 4:
         properties.defaultSize = fb.ImageSizeT()
         properties.defaultSize.height, properties.defaultSize.width = image.shape[1:3]
-    input_md = _tensor_md(fb, "image", "RGB image, pixels 0-255 (the model normalises inside)",
+    input_md = _tensor_md(fb, "image", "RGB image, pixels 0-255 as they are (the model "
+                          "normalises them)",
                           fb.ContentProperties.ImageProperties, properties, (0.0, 255.0))
     input_md.processUnits = [normalization]
 
@@ -331,6 +338,15 @@ def add_metadata(content: bytes, labels: list[str] | None, *, name: str, descrip
     # exit when `os` may already be gone (MediaPipe then prints an ignored exception)
     del populator
     return content
+
+
+def _normalization(image) -> tuple[list[float], list[float]]:
+    """The (mean, std) that describe how the model reads a pixel: mean 0 and std 1 for a
+    float input; zero point and 1 / scale for a quantized one."""
+    if image.dtype == "FLOAT32" or image.quantization is None:
+        return [0.0], [1.0]
+    scale, zero_point = image.quantization
+    return [float(zero_point)], [1.0 / scale]
 
 
 def _tensor_md(fb, name, description, kind, properties, value_range):
@@ -381,8 +397,9 @@ def android_problems(source: str | os.PathLike | bytes, classes: int | None = No
     """Why MediaPipe Tasks' ImageClassifier would refuse the file or misread it; [] when
     it is Android-ready. The rules are MediaPipe's (image_preprocessing and
     classification_postprocessing in mediapipe/tasks/cc): float32 or uint8 input of
-    shape (1, H, W, 3); one mean and std for all channels; no int8 output; uint8 input
-    that is raw pixels; metadata with the class names."""
+    shape (1, H, W, 3); one mean and std for all channels; no int8 output; metadata
+    with the class names; and a uint8 input, which takes raw pixels, quantized as its
+    metadata describes it (mean = zero point, std = 1 / scale)."""
     graph = read_model(source)
     problems = []
     image = graph.inputs[0]
@@ -390,9 +407,6 @@ def android_problems(source: str | os.PathLike | bytes, classes: int | None = No
         problems.append(f"input is {image.dtype}: MediaPipe takes only float32 or uint8 images")
     if len(image.shape) != 4 or image.shape[0] != 1 or image.shape[-1] != 3:
         problems.append(f"input shape {image.shape}: MediaPipe expects (1, H, W, 3)")
-    if image.dtype == "UINT8" and image.quantization not in (None, (1.0, 0)):
-        problems.append(f"uint8 input quantized as (scale, zero point) {image.quantization}: "
-                        "MediaPipe feeds raw pixels, which need (1.0, 0)")
     for output in graph.outputs:
         if output.dtype == "INT8":
             problems.append("int8 output: MediaPipe's classifier reads float32 or uint8 scores")
@@ -405,6 +419,15 @@ def android_problems(source: str | os.PathLike | bytes, classes: int | None = No
                            "NormalizationOptions and names no classes")]
     if len(info.mean) > 1 or len(info.std) > 1:
         problems.append("per-channel normalisation: MediaPipe takes one mean and one std")
+    elif image.dtype == "UINT8" and image.quantization is not None and info.mean:
+        scale, zero_point = image.quantization
+        # within half a pixel level and 1%: Google's MobileNet quant files say 127.5 for 128
+        if abs(info.mean[0] - zero_point) > 0.5 or abs(info.std[0] * scale - 1) > 0.01:
+            problems.append(
+                f"uint8 input quantized as (scale, zero point) {image.quantization}, but the "
+                f"metadata says mean {info.mean[0]:g} and std {info.std[0]:g}: MediaPipe "
+                "feeds raw pixels, which the model reads as scale * (pixel - zero point), "
+                f"and the metadata promises (pixel - {info.mean[0]:g}) / {info.std[0]:g}")
     expected = classes if classes is not None else graph.outputs[0].shape[-1]
     if not info.labels:
         problems.append("no labels file in the metadata: MediaPipe would name no class")

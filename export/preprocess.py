@@ -7,6 +7,12 @@ per-channel affine map, so it is replaced by a single 1x1 depthwise convolution
 carrying the same scale and offset: one op that every backend, XNNPACK and the
 Edge TPU included, runs fast. The result is the same function (exact in float,
 one rounding instead of three in int8).
+
+A uint8 file needs not even that op when the chain is one scale and offset for every
+channel that lands on whole pixel steps, as the Lite and EdgeTPU families' (p - 127)
+/ 128: the input's quantization (scale 1/128, zero point 127) then reads the raw
+pixels as the normalised image (`input_quantization`), the way Google's and Coral's
+quantized classifiers take theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from keras import layers
 
 from keras_effnet import graph
 
-__all__ = ["fold_preprocessing", "preprocessing_chain", "space_to_depth_stem"]
+__all__ = ["fold_preprocessing", "input_quantization", "preprocessing_chain",
+           "space_to_depth_stem", "without_preprocessing"]
 
 
 def _is_affine(layer) -> bool:
@@ -45,12 +52,7 @@ def fold_preprocessing(model: keras.Model) -> keras.Model:
     chain = preprocessing_chain(model)
     if not chain:
         return model
-    channels = model.input_shape[-1]
-    probe = np.stack([np.zeros((1, 1, channels)), np.ones((1, 1, channels))]).astype("float32")
-    for layer in chain:
-        probe = np.asarray(layer(probe))
-    offset = probe[0, 0, 0]
-    scale = probe[1, 0, 0] - offset
+    scale, offset = _chain_affine(model, chain)
     names = {layer.name for layer in chain}
 
     def call(layer, *args, **kwargs):
@@ -61,6 +63,48 @@ def fold_preprocessing(model: keras.Model) -> keras.Model:
         return _affine(args[0], scale, offset)
 
     return graph.rebuild(model, call=call)
+
+
+def _chain_affine(model: keras.Model, chain: list) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) per channel of the chain: it maps x to x * scale + offset."""
+    channels = model.input_shape[-1]
+    probe = np.stack([np.zeros((1, 1, channels)), np.ones((1, 1, channels))]).astype("float32")
+    for layer in chain:
+        probe = np.asarray(layer(probe))
+    offset = probe[0, 0, 0]
+    return probe[1, 0, 0] - offset, offset
+
+
+def input_quantization(model: keras.Model) -> tuple[float, int] | None:
+    """(scale, zero point) of a uint8 input whose raw pixels p read as exactly what the
+    model's preprocessing makes of them, scale * (p - zero point), or None when no such
+    pair exists (per-channel statistics, as B0-B7's ImageNet mean and std, or an
+    offset that is not a whole number of steps). The Lite and EdgeTPU families'
+    (p - 127) / 128 is (1/128, 127): a uint8 file with that input quantization needs
+    no preprocessing op at all (`without_preprocessing`)."""
+    chain = preprocessing_chain(model)
+    if not chain:
+        return None
+    scale, offset = (np.asarray(v, np.float64) for v in _chain_affine(model, chain))
+    if np.ptp(scale) > 1e-7 * abs(scale[0]) or np.ptp(offset) > 1e-7 or scale[0] <= 0:
+        return None
+    scale, offset = float(np.float32(scale[0])), float(offset[0])
+    zero_point = round(-offset / scale)
+    pixels = np.arange(256.0)
+    if not 0 <= zero_point <= 255 or \
+            np.max(np.abs(scale * (pixels - zero_point) - (pixels * scale + offset))) > 1e-6:
+        return None
+    return scale, zero_point
+
+
+def without_preprocessing(model: keras.Model) -> keras.Model:
+    """The same model from its preprocessing chain's output on: it takes the
+    normalised image (what `input_quantization` lets a uint8 input carry)."""
+    names = {layer.name for layer in preprocessing_chain(model)}
+    if not names:
+        return model
+    return graph.rebuild(model, call=lambda layer, *args, **kwargs:
+                         args[0] if layer.name in names else layer(*args, **kwargs))
 
 
 def _affine(x, scale: np.ndarray, offset: np.ndarray):

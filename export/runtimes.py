@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_effnet.export.data import input_tensor
 from keras_effnet.export.metadata import ANDROID_EXTRA
 
 __all__ = ["RuntimeCheck", "check_compiled_model", "check_mediapipe", "mediapipe_available",
@@ -79,7 +80,7 @@ def mediapipe_classify(path: str | os.PathLike, images, top: int = 1) -> list[li
     results = []
     with vision.ImageClassifier.create_from_options(options) as classifier:
         for image in images:
-            pixels = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+            pixels = np.ascontiguousarray(input_tensor(image, np.uint8))
             result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
             results.append([(c.index, c.category_name, c.score)
                             for c in result.classifications[0].categories])
@@ -125,8 +126,7 @@ def check_compiled_model(path: str | os.PathLike, images: np.ndarray,
     classes = int(np.prod(out["shape"]))
     top1 = []
     for image in images:
-        pixels = np.clip(np.round(image), 0, 255) if dtype == np.uint8 else image
-        inputs[0].write(pixels[None].astype(dtype))
+        inputs[0].write(input_tensor(image[None], dtype, detail.get("quantization")))
         model.run_by_index(0, inputs, outputs)
         top1.append(int(np.argmax(outputs[0].read(classes, out_dtype))))
     return _score("compiled_model", np.array(top1), reference_top1, labels)

@@ -15,7 +15,10 @@ inside the model. Two exact rewrites come first (keras_effnet.export.preprocess)
 the preprocessing becomes one 1x1 depthwise convolution, and in the integer modes
 the stem's 3x3 stride-2 convolution on an even-sized image becomes SPACE_TO_DEPTH
 and a 2x2 convolution on 12 channels, which CPU integer kernels run faster
-(`to_edgetpu` keeps the 3x3 form).
+(`to_edgetpu` keeps the 3x3 form). In uint8 files of the Lite and EdgeTPU families
+even that op goes: the input's quantization, (1/128, 127), reads raw pixels as the
+normalised image ((p - 127) / 128, `preprocess.input_quantization`); B0-B7's
+per-channel ImageNet statistics keep the op and a (1, 0) input.
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from keras_effnet.export.data import batches_of_one, representative_images
-from keras_effnet.export.flatbuffer import read_model, with_signature
+from keras_effnet.export.flatbuffer import read_model, with_input_quantization, with_signature
 from keras_effnet.export.metadata import class_names_for, model_metadata
-from keras_effnet.export.preprocess import fold_preprocessing, space_to_depth_stem
+from keras_effnet.export.preprocess import (
+    fold_preprocessing,
+    input_quantization,
+    space_to_depth_stem,
+    without_preprocessing,
+)
 from keras_effnet.export.se import apply_se_strategy, find_se_blocks, parse_se
 from keras_effnet.files import check_destination, write_bytes
 
@@ -116,11 +124,18 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
     if "float" in parts and mode not in QUANTIZED_MODES:
         raise ValueError(f"se='float' keeps SE in float inside an integer model; mode={mode!r} "
                          "is not integer: use mode='int8' or 'uint8'")
-    transformed = fold_preprocessing(apply_se_strategy(model, parts))
+    transformed = apply_se_strategy(model, parts)
+    pixels = input_quantization(transformed) if mode == "uint8" else None
+    if pixels is not None:  # the uint8 input's quantization does the preprocessing
+        transformed = without_preprocessing(transformed)
+        images = ((np.asarray(images, np.float32) - pixels[1]) * pixels[0]).astype(np.float32)
+    else:
+        transformed = fold_preprocessing(transformed)
     if mode in QUANTIZED_MODES and space_to_depth:  # float kernels gain nothing from it
         transformed = space_to_depth_stem(transformed)
     shape = (batch_size, height, width, 3)
     converter = frozen_converter(transformed, shape)
+    content = None
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -133,11 +148,14 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
         if "float" in parts:
-            return with_signature(
-                _convert_se_float(converter, shape, transformed, images, progress,
-                                  uint8_io=mode == "uint8"), *SIGNATURE)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return with_signature(run_converter(converter), *SIGNATURE)
+            content = _convert_se_float(converter, shape, transformed, images, progress,
+                                        uint8_io=mode == "uint8")
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    content = content if content is not None else run_converter(converter)
+    if pixels is not None:
+        content = with_input_quantization(content, *pixels)
+    return with_signature(content, *SIGNATURE)
 
 
 def _convert_se_float(converter, shape, model, images, progress, uint8_io: bool) -> bytes:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_effnet.export.data import labels_from_names, load_folder
+from keras_effnet.export.data import input_tensor, labels_from_names, load_folder
 from keras_effnet.export.flatbuffer import read_model
 from keras_effnet.export.metadata import android_problems, class_names_for
 from keras_effnet.export.onnx import onnx_session, run_onnx
@@ -113,15 +113,6 @@ def _interpreter(path, threads: int, preserve: bool = False):
                            experimental_preserve_all_tensors=preserve)
 
 
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-
-
 def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero = detail["quantization"]
     if x.dtype == np.float32 or scale == 0:
@@ -158,7 +149,8 @@ def _run_tflite(path: Path, graph, images: np.ndarray):
                              if d["index"] == logits_index)
     probs, logits = [], []
     for image in images:
-        interpreter.set_tensor(detail["index"], _quantize(image[None], detail))
+        interpreter.set_tensor(detail["index"], input_tensor(image[None], detail["dtype"],
+                                                             detail["quantization"]))
         interpreter.invoke()
         probs.append(_dequantize(interpreter.get_tensor(out["index"]), out)[0])
         if logits_detail is not None:
@@ -177,7 +169,8 @@ def _tflite_latency(path: Path, shape: tuple, runs: int) -> tuple[float, tuple]:
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
     interpreter.set_tensor(detail["index"],
-                           _quantize(rng.uniform(0, 255, (1,) + shape).astype(np.float32), detail))
+                           input_tensor(rng.uniform(0, 255, (1,) + shape), detail["dtype"],
+                                        detail["quantization"]))
     return _median_ms(interpreter.invoke, runs)
 
 

@@ -88,7 +88,7 @@ def class_folder(tmp_path_factory, skimage_photos):
     return root
 
 
-def photo_model(size: int = 64, classes: int = 10):
+def photo_model(size: int = 64, classes: int = 10, base: str = "b0"):
     """A few-block SE model whose BatchNorm statistics come from real photos, so its
     activations have realistic ranges for calibration. Seeded: the random weights
     decide how far float rounding spreads, so tests must not change from run to run."""
@@ -98,8 +98,8 @@ def photo_model(size: int = 64, classes: int = 10):
     from keras_effnet import export as kx
 
     keras.utils.set_random_seed(0)
-    model = ke.EfficientNet(phi=-4, weights=None, input_shape=(size, size, 3), classes=classes,
-                            drop_connect_rate=0.0, dropout_rate=0.0)
+    model = ke.EfficientNet(phi=-4, base=base, weights=None, input_shape=(size, size, 3),
+                            classes=classes, drop_connect_rate=0.0, dropout_rate=0.0)
     photos = kx.calibration_views(kx.bundled_photos()[0], size, 32, seed=3)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bns:

@@ -19,6 +19,7 @@ from keras_effnet import export as kx
 from keras_effnet.export import metadata as md
 from keras_effnet.export.data import calibration_views
 from keras_effnet.export.saved_model import decode_and_crop
+from keras_effnet.export.tflite import convert
 from keras_effnet.saving import class_names_in, load_model, save_model
 
 pytest.importorskip("mediapipe", reason="the android extra (MediaPipe) is not installed")
@@ -110,26 +111,77 @@ def test_a_file_without_metadata_is_named_not_android_ready(tiny, photos, tmp_pa
     assert "no: no TFLite metadata" in kx.format_runtime_table([result])
 
 
-@EXPORTED_GROUP
-def test_android_rules_name_what_mediapipe_refuses(tiny, exported, tmp_path):
-    """A uint8 input that is not raw pixels, and a labels file of the wrong length."""
-    from keras_effnet.export.flatbuffer import _schema
+def test_android_rules_name_what_mediapipe_refuses(tiny, photos, monkeypatch):
+    """A uint8 input whose quantization is not what its metadata says (MediaPipe feeds
+    raw pixels and the model would read them otherwise: our writer before the Lite
+    files' (1/128, 127) said mean 0 and std 1 for every file), and a labels file of
+    the wrong length."""
+    from keras_effnet.export.flatbuffer import with_input_quantization
 
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(exported["uint8"].read_bytes()), 0)
-    graph = model.subgraphs[0]
-    graph.tensors[graph.inputs[0]].quantization.scale = [0.5]
-    import flatbuffers
-
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    content = md.add_metadata(bytes(builder.Output()), NAMES[:2] + ["x"], name="t",
+    bare = convert(tiny, "uint8", images=photos, progress=False)
+    assert md.android_problems(md.add_metadata(bare, NAMES, name="t", description="t",
+                                               version="1")) == []
+    monkeypatch.setattr(md, "_normalization", lambda image: ([0.0], [1.0]))
+    content = md.add_metadata(with_input_quantization(bare, 0.5, 0), NAMES, name="t",
                               description="t", version="1")
     problems = md.android_problems(content)
-    assert any("quantized as (scale, zero point) (0.5, 0)" in p for p in problems), problems
+    assert len(problems) == 1 and problems[0].startswith(
+        "uint8 input quantized as (scale, zero point) (0.5, 0), but the metadata says mean 0 "
+        "and std 1"), problems
     assert md.android_problems(content, classes=4) == [problems[0],
                                                        ("the metadata names 3 classes, the "
                                                        "model has 4")]
+
+
+def test_googles_quantized_classifiers_meet_the_uint8_input_rule(shared_data):
+    """Google's MobileNet v2 quant says mean and std 127.5 for an input quantized as
+    (1/128, 128): the same reading within half a level, not a problem."""
+    path = shared_data / "tflite" / "mobilenet_v2_1.0_224_quant.tflite"
+    assert kx.read_model(path).inputs[0].quantization == (0.0078125, 128)
+    assert not [p for p in md.android_problems(path) if "uint8 input" in p]
+
+
+def test_lite_uint8_input_quantization_is_the_normalisation(photos, tmp_path):
+    """A Lite-family uint8 file reads the raw pixels p as (p - 127) / 128 through its input
+    quantization, with no preprocessing op: exactly, at every pixel value, and the
+    metadata says so (mean 127, std 128); MediaPipe and CompiledModel classify like Keras.
+    Calibration images that never reach 0 or 255 leave the input's pair as it is (the
+    int8 image after it then spans their range). B0's per-channel ImageNet statistics
+    have no such pair."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_effnet.export.preprocess import input_quantization
+
+    lite = photo_model(64, classes=3, base="lite0")
+    assert input_quantization(lite) == (1 / 128, 127)
+    assert input_quantization(photo_model(64, classes=3)) is None
+    calibration = calibration_views(kx.bundled_photos()[0], 64, 24, seed=0)
+    ramp = np.resize(np.arange(256, dtype=np.uint8), (1, 64, 64, 3))  # every pixel value
+    for low, high in ((0, 255), (16, 239)):
+        path = kx.to_tflite(lite, tmp_path / f"uint8_{low}.tflite", "uint8",
+                            np.clip(calibration, low, high), progress=False, labels=NAMES)
+        graph = kx.read_model(path)
+        assert graph.inputs[0].quantization == (1 / 128, 127), low
+        assert [op.op for op in graph.ops[:3]] == ["QUANTIZE", "SPACE_TO_DEPTH", "CONV_2D"]
+        info = md.read_metadata(path)
+        assert (info.mean, info.std) == ((127.0,), (128.0,)) and md.android_problems(path) == []
+        interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], ramp)
+        interpreter.invoke()
+        read = graph.ops[0].outputs[0]  # the int8 image the model computes on
+        scale, zero_point = read.quantization
+        seen = (interpreter.get_tensor(read.index).astype(np.float64) - zero_point) * scale
+        inside = (ramp >= low) & (ramp <= high)
+        error = np.abs(seen - (ramp - 127.0) / 128)[inside]
+        assert error.max() <= (0 if (low, high) == (0, 255) else scale / 2 + 1e-9), low
+
+    # the runtimes read the file alike (random weights: near-tied classes, so agreement
+    # with Keras is the quantization's; Lite0's real file is held to Keras' accuracy)
+    result = kx.verify(path, lite, photos, runs=0, class_names=NAMES)
+    assert result.runtimes["mediapipe"].accepted and result.runtimes["compiled_model"].accepted
+    assert result.top1_agreement == result.runtimes["mediapipe"].top1_agreement == \
+        result.runtimes["compiled_model"].top1_agreement >= 0.75, result.runtimes
 
 
 def test_min_parser_version_follows_mediapipes_rules():
