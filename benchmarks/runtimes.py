@@ -12,7 +12,13 @@ median of the per-round ratios).
 
 Runners (a missing optional runtime is reported and skipped):
 
-* LiteRT float32 / float16 / int8 / uint8: our export (`keras_effnet.export.convert`).
+* LiteRT float32 / float16 / int8 / uint8: our export (`keras_effnet.export.convert`),
+  in LiteRT's Interpreter (XNNPACK). A float16 file holds float16 weights and computes in
+  float32 there.
+* LiteRT CompiledModel: the float32 file in LiteRT's newer API, with LiteRT's default
+  options, and with XNNPACK's FORCE_FP16 flag (`keras_effnet.export.runtimes.
+  XNNPACK_FP16`), which computes the float32 operators in float16 on a CPU with fp16
+  arithmetic (x86 AVX512-FP16, ARMv8.2 FP16) and is refused elsewhere (then skipped).
 * ONNX Runtime float32: our model exported to ONNX (`keras_effnet.export.to_onnx`);
   ONNX Runtime int8: that file quantized by ONNX Runtime's static QDQ quantizer on the
   same calibration images, per-channel int8 weights, twice: int8 activations (S8S8, the
@@ -46,6 +52,7 @@ import numpy as np
 from absl import app, flags
 
 from keras_effnet.export.data import input_tensor
+from keras_effnet.export.runtimes import XNNPACK_FP16
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -61,6 +68,7 @@ flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in READ
 
 SETTINGS = {"single": (1, 1), "all": (32, os.cpu_count())}
 REFERENCE = "LiteRT float32 (ours)"
+FP16_RUNNER = "LiteRT CompiledModel float32 file, fp16 compute (ours)"
 KERAS_APPS = {"b0": "EfficientNetB0", "b1": "EfficientNetB1"}
 
 
@@ -72,6 +80,18 @@ def _litert(content: bytes, images: np.ndarray, threads: int):
     interpreter.set_tensor(detail["index"], input_tensor(images, detail["dtype"],
                                                          detail["quantization"]))
     return interpreter.invoke
+
+
+def _compiled_model(content: bytes, images: np.ndarray, threads: int, xnnpack_flags=None):
+    """LiteRT's CompiledModel API on the CPU, the batch resized to `images`."""
+    from keras_effnet.export.runtimes import compiled_model
+
+    model = compiled_model(content, threads, xnnpack_flags)
+    model.resize_input_tensor(0, images.shape)
+    inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+    inputs[0].write(images)
+    model.run_by_index(0, inputs, outputs)  # the first run builds XNNPACK's plan
+    return lambda: model.run_by_index(0, inputs, outputs)
 
 
 def _onnx(path, images: np.ndarray, threads: int):
@@ -140,11 +160,17 @@ def _runners(variant: str, batch: int, threads: int, folder: str, log) -> tuple[
     photos = calibration_views(bundled_photos()[0], size, max(batch, FLAGS.calibration_images),
                                seed=0)
     images = photos[:batch].astype(np.float32)
-    runners, missing = {}, {}
+    runners, missing, files = {}, {}, {}
     for mode in ("float32", "float16", "int8", "uint8"):
         log(f"  {variant}: LiteRT {mode}")
-        content = convert(model, mode, photos, batch_size=None, progress=False)
-        runners[f"LiteRT {mode} (ours)"] = _litert(content, images, threads)
+        files[mode] = convert(model, mode, photos, batch_size=None, progress=False)
+        runners[f"LiteRT {mode} (ours)"] = _litert(files[mode], images, threads)
+    for name, flags_ in (("LiteRT CompiledModel float32 (ours)", None),
+                         (FP16_RUNNER, XNNPACK_FP16)):
+        try:
+            runners[name] = _compiled_model(files["float32"], images, threads, flags_)
+        except Exception as exc:  # noqa: BLE001 - no CompiledModel, or no fp16 arithmetic
+            missing[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     try:
         log(f"  {variant}: ONNX")
         onnx_path = to_onnx(model, os.path.join(folder, f"{variant}.onnx"), overwrite=True)

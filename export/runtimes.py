@@ -5,6 +5,9 @@
                                               C++ as the LiteRT Task Library)
     check_compiled_model(path, images, ...)   LiteRT's CompiledModel API, the one LiteRT
                                               recommends on Android
+    compiled_model(path or bytes, ...)        that API's model on the CPU, with XNNPACK's
+                                              flags (XNNPACK_FP16: float32 files computed
+                                              in float16 where the CPU has fp16 arithmetic)
 
 Each runs the file unmodified on the evaluation images and says whether the runtime
 accepted it (and why not), its top-1 agreement with Keras, its accuracy when labels are
@@ -23,8 +26,12 @@ import numpy as np
 from keras_effnet.export.data import input_tensor
 from keras_effnet.export.metadata import ANDROID_EXTRA
 
-__all__ = ["RuntimeCheck", "check_compiled_model", "check_mediapipe", "mediapipe_available",
-           "mediapipe_classify"]
+__all__ = ["XNNPACK_FP16", "RuntimeCheck", "check_compiled_model", "check_mediapipe",
+           "compiled_model", "mediapipe_available", "mediapipe_classify"]
+
+# TFLITE_XNNPACK_DELEGATE_FLAG_QS8 | _QU8 | _FORCE_FP16 (tflite/delegates/xnnpack/
+# xnnpack_delegate.h): integer kernels as by default, float32 operators in float16.
+XNNPACK_FP16 = 0x1 | 0x2 | 0x4
 
 
 @dataclasses.dataclass
@@ -106,20 +113,37 @@ def check_mediapipe(path: str | os.PathLike, images: np.ndarray, reference_top1:
     return check
 
 
+def compiled_model(source: str | os.PathLike | bytes, threads: int = 1,
+                   xnnpack_flags: int | None = None):
+    """LiteRT's CompiledModel of a `.tflite` (path or bytes) on the CPU, `threads` threads
+    (1, as LiteRT's own default); `xnnpack_flags`: None for LiteRT's default, XNNPACK_FP16 to run
+    float32 operators in float16 (faster where the CPU has fp16 arithmetic, e.g. x86 with
+    AVX512-FP16; LiteRT refuses to build the model where it has none). Raises ImportError
+    when ai_edge_litert has no CompiledModel API (LiteRT < 2.0)."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.options import CpuOptions, Options
+
+    options = Options(cpu_options=CpuOptions(num_threads=threads,
+                                             xnnpack_flags=xnnpack_flags))
+    if isinstance(source, (bytes, bytearray)):
+        return CompiledModel.from_buffer(bytes(source), options=options)
+    return CompiledModel.from_file(str(source), options=options)
+
+
 def check_compiled_model(path: str | os.PathLike, images: np.ndarray,
-                         reference_top1: np.ndarray, labels=None) -> RuntimeCheck:
-    """Run `images` through LiteRT's CompiledModel API (CPU) reading `path` as it is."""
+                         reference_top1: np.ndarray, labels=None,
+                         xnnpack_flags: int | None = None) -> RuntimeCheck:
+    """Run `images` through LiteRT's CompiledModel API (CPU) reading `path` as it is;
+    `xnnpack_flags` as in `compiled_model`."""
     try:
-        from ai_edge_litert.compiled_model import CompiledModel
-    except ImportError:
-        return RuntimeCheck("compiled_model", None,
-                            "ai_edge_litert has no CompiledModel API here (LiteRT >= 2.0)")
-    try:
-        model = CompiledModel.from_file(str(path))
+        model = compiled_model(path, xnnpack_flags=xnnpack_flags)
         key = next(iter(model.get_signature_list()))
         inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
         (detail,) = model.get_input_tensor_details(key).values()
         (out,) = model.get_output_tensor_details(key).values()
+    except ImportError:
+        return RuntimeCheck("compiled_model", None,
+                            "ai_edge_litert has no CompiledModel API here (LiteRT >= 2.0)")
     except Exception as exc:  # noqa: BLE001 - LiteRT's refusal is the finding
         return RuntimeCheck("compiled_model", False, str(exc).strip().splitlines()[0][:300])
     dtype, out_dtype = np.dtype(detail["dtype"]), np.dtype(out["dtype"])

@@ -417,3 +417,32 @@ def test_lite0_files_keep_keras_accuracy_in_litert_and_mediapipe(shared_data, tm
         assert result.runtimes["mediapipe"].names_match == 1.0, mode
         if mode == "float32":
             assert result.top1_agreement == 1.0 and result.max_abs_prob_error <= 1e-4
+
+
+def test_float32_file_computed_in_float16_keeps_lite0_top1(shared_data, tmp_path):
+    """XNNPACK's FORCE_FP16 (the runtimes benchmark's fastest float row on an AVX512-FP16
+    CPU) computes our float32 file in float16: top-1 within 1 image of Keras on the 100
+    labelled photos and the same as the float32 computation's on at least 97 of them.
+    Where the CPU has no fp16 arithmetic LiteRT refuses the option, and the test skips."""
+    from keras_effnet.export.runtimes import XNNPACK_FP16, check_compiled_model, compiled_model
+
+    model = ke.EfficientNetLite0(weights="imagenet")
+    images, names = kx.load_folder(shared_data / "imagenet-sample", 224)
+    labels = kx.labels_from_names(names)
+    keras_top1 = kx.keras_outputs(model, images)[0].argmax(1)
+    path = kx.to_tflite(model, tmp_path / "float32.tflite", "float32", progress=False)
+    fp16 = check_compiled_model(path, images, keras_top1, labels, xnnpack_flags=XNNPACK_FP16)
+    if fp16.accepted is not True:
+        pytest.skip(f"LiteRT computes no float16 on this CPU: {fp16.reason}")
+    fp32 = check_compiled_model(path, images, keras_top1, labels)
+    assert fp32.accepted and fp32.top1_agreement == 1.0, fp32
+    probabilities = []
+    for flags in (None, XNNPACK_FP16):  # the flag reaches XNNPACK: float16 rounding shows
+        runner = compiled_model(path, xnnpack_flags=flags)
+        inputs, outputs = runner.create_input_buffers(0), runner.create_output_buffers(0)
+        inputs[0].write(images[:1])
+        runner.run_by_index(0, inputs, outputs)
+        probabilities.append(outputs[0].read(1000, np.float32))
+    assert 1e-4 < np.abs(probabilities[1] - probabilities[0]).max() < 0.05
+    assert abs(round(fp16.top1_accuracy * 100) - round(np.mean(keras_top1 == labels) * 100)) <= 1
+    assert round(fp16.top1_agreement * 100) >= 97, fp16
