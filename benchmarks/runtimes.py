@@ -19,8 +19,9 @@ Runners (a missing optional runtime is reported and skipped):
   options, and with XNNPACK's FORCE_FP16 flag (`keras_effnet.export.runtimes.
   XNNPACK_FP16`), which computes the float32 operators in float16 on a CPU with fp16
   arithmetic (x86 AVX512-FP16, ARMv8.2 FP16) and is refused elsewhere (then skipped).
-  Batch 1 only: building a CompiledModel crashed LiteRT 2.3.0 (segfault, in
-  CreateCompiledModelFromBuffer) in the batch-32 process after the other runners of B0.
+  Batch 1 only: building a CompiledModel crashed LiteRT 2.3.0 in the batch-32 process
+  after the other runners of B0 (a heap corrupted earlier in the process: a segfault in
+  Environment.create or CreateCompiledModelFromBuffer, or glibc's "unaligned tcache chunk").
 * ONNX Runtime float32: our model exported to ONNX (`keras_effnet.export.to_onnx`);
   ONNX Runtime int8: that file quantized by ONNX Runtime's static QDQ quantizer on the
   same calibration images, per-channel int8 weights, twice: int8 activations (S8S8, the
@@ -167,12 +168,13 @@ def _runners(variant: str, batch: int, threads: int, folder: str, log) -> tuple[
         log(f"  {variant}: LiteRT {mode}")
         files[mode] = convert(model, mode, photos, batch_size=None, progress=False)
         runners[f"LiteRT {mode} (ours)"] = _litert(files[mode], images, threads)
-    for name, flags_ in (("LiteRT CompiledModel float32 (ours)", None),
-                         (FP16_RUNNER, XNNPACK_FP16)):
-        if batch > 1:  # a segfault cannot be caught and reported like the rest
-            missing[name] = ("not run at batch > 1: LiteRT 2.3.0 crashed (segfault) building "
-                             "B0's CompiledModel in this benchmark's batch-32 process")
-            continue
+    compiled = {"LiteRT CompiledModel float32 (ours)": None, FP16_RUNNER: XNNPACK_FP16}
+    if batch > 1:  # a crash cannot be caught and reported like the rest
+        missing.update(dict.fromkeys(compiled, "not run at batch > 1: LiteRT 2.3.0 crashed "
+                                               "(heap corruption) building B0's CompiledModel "
+                                               "in this benchmark's batch-32 process"))
+        compiled = {}
+    for name, flags_ in compiled.items():
         try:
             runners[name] = _compiled_model(files["float32"], images, threads, flags_)
         except Exception as exc:  # noqa: BLE001 - no CompiledModel, or no fp16 arithmetic
