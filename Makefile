@@ -12,7 +12,7 @@ DEMO_FLAGS := $(if $(SHARED),--images ../shared/data/imagenet-sample --calibrati
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-all test-keras-min bench lint clean
+.PHONY: install demo test test-all test-keras-min bench bench-finetune lint clean
 
 # everything: the tests, QAT, plots, MediaPipe (make test, make bench). The qat and android
 # extras cannot be resolved together: tensorflow-model-optimization 0.8.1 pins absl-py~=1.2,
@@ -76,6 +76,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/deploy.py
 	$(PY) benchmarks/runtimes.py
 	$(PY) benchmarks/plots.py
+
+# fine-tuning on TensorFlow's flower_photos (not in the repository; FLOWERS=DIR holds its five
+# class folders): Lite0 x 3 seeds, Lite2, Lite4, Model Maker's protocol and our default,
+# each trained, evaluated, exported and scored in MediaPipe (about 45 min on 2 cores)
+FLOWERS ?=
+bench-finetune: $(STAMP)
+	@test -n "$(FLOWERS)" || { echo "make bench-finetune FLOWERS=DIR: flower_photos' five class folders"; exit 2; }
+	$(PY) benchmarks/finetune.py --flowers $(FLOWERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check keras_effnet export tests benchmarks

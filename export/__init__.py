@@ -6,6 +6,8 @@ artifact checked against the Keras model before it ships.
     to_edgetpu(model, path, data, se=...)             Coral: uint8 file + op report
     verify(artifact, model, images, labels)           agreement, accuracy, SQNR, size, latency,
                                                       and MediaPipe / LiteRT CompiledModel runs
+    evaluate(model or file, folder)                   top-1/top-5, per-class precision and recall
+                                                      on labelled photos (keras_effnet.evaluate)
     read_metadata(path), android_problems(path)       the TFLite metadata phones read
     quantize_aware(model)                             QAT through tensorflow-model-optimization
 
@@ -28,6 +30,7 @@ from keras_effnet.export.edgetpu import (
     parse_compiler_log,
     to_edgetpu,
 )
+from keras_effnet.export.evaluate import EvalReport, evaluate
 from keras_effnet.export.flatbuffer import read_model
 from keras_effnet.export.metadata import (
     MetadataInfo,
@@ -38,7 +41,7 @@ from keras_effnet.export.metadata import (
     read_metadata,
 )
 from keras_effnet.export.onnx import to_onnx
-from keras_effnet.export.pipeline import TARGETS, export_all
+from keras_effnet.export.pipeline import TARGETS, calibration_set, export_all
 from keras_effnet.export.runtimes import RuntimeCheck, check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import export_saved_model
 from keras_effnet.export.se import SE_STRATEGIES, apply_se_strategy, find_se_blocks
@@ -58,6 +61,7 @@ __all__ = [
     "TARGETS",
     "EdgeTPUMappingError",
     "EdgeTPUReport",
+    "EvalReport",
     "MetadataInfo",
     "RuntimeCheck",
     "VerifyResult",
@@ -66,10 +70,12 @@ __all__ = [
     "android_problems",
     "apply_se_strategy",
     "bundled_photos",
+    "calibration_set",
     "calibration_views",
     "check_compiled_model",
     "check_mediapipe",
     "class_names_for",
+    "evaluate",
     "export_all",
     "export_saved_model",
     "find_se_blocks",

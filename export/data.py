@@ -104,11 +104,22 @@ def calibration_views(sources: np.ndarray | list, size: int, count: int,
                       seed: int = 0) -> np.ndarray:
     """`count` random crops and flips of a few photos, for calibrating when only a
     handful of photos is at hand: varied views cover activation ranges better than
-    repeating the same images. Each source is an HxWx3 array or a path."""
+    repeating the same images. Each source is an HxWx3 array or a path; a path that
+    is not a readable image is skipped with a warning."""
     rng = np.random.default_rng(seed)
-    pictures = [read_image(source) for source in sources]
+    pictures, skipped = [], []
+    for source in sources:
+        try:
+            pictures.append(read_image(source))
+        except ValueError:
+            if not isinstance(source, (str, os.PathLike)):
+                raise
+            skipped.append(os.path.basename(source))
+    if skipped:
+        warnings.warn(f"calibration: skipped {len(skipped)} unreadable image(s): "
+                      f"{', '.join(skipped[:5])}", stacklevel=2)
     if not pictures:
-        raise ValueError("calibration_views needs at least one photo")
+        raise ValueError("calibration_views needs at least one readable photo")
     views = []
     for i in range(count):
         picture = pictures[i % len(pictures)]

@@ -31,7 +31,8 @@ from keras_effnet.export.verify import format_runtime_table, format_table, keras
 from keras_effnet.files import write_json
 
 __all__ = ["FORMATS", "OPTIONAL_FORMATS", "TARGETS", "artifact_name", "calibration_set",
-           "export_all", "target_formats"]
+           "default_calibration", "default_eval_sets", "export_all", "target_formats",
+           "trained_on"]
 
 FORMATS = ("saved_model",) + MODES + ("edgetpu",)
 # also on request (the onnx extra): not in the default set, which needs no extra
@@ -69,6 +70,43 @@ def calibration_set(size: int, folders: list | None = None,
         return str(folders[0])
     sources = list(bundled_photos()[0]) + [str(p) for p in files]
     return calibration_views(sources, size, count, seed)
+
+
+def trained_on(model) -> dict:
+    """{"train": folder, "val": folder or None} of the photos `model` was fine-tuned on, as
+    `keras-effnet train` records them in its `.keras` file; {} when unknown or gone."""
+    data = getattr(model, "training_data", None) or {}
+    return {k: v for k, v in data.items() if v and (files.is_remote(v) or os.path.isdir(v))}
+
+
+def default_calibration(model, size: int):
+    """What an integer export of `model` calibrates on when the caller gives nothing: the
+    photos it was trained on when they are known, scikit-image's photos for an ImageNet
+    classifier, else a ValueError (a flower classifier quantized on photos of cups reads
+    its own classes' activation ranges wrongly)."""
+    data = trained_on(model)
+    if "train" in data:
+        return calibration_set(size, [data["train"]])
+    if model.output_shape[-1] == 1000:
+        return calibration_set(size)
+    raise ValueError(
+        f"{model.name} classifies {model.output_shape[-1]} classes of its own and nothing says "
+        "which photos it was trained on, so its int8/uint8/edgetpu files have nothing to "
+        "calibrate on: pass calibration= (keras-effnet export --calibration DIR) with a "
+        "hundred or more photos of its classes")
+
+
+def default_eval_sets(model, size: int, class_names=None) -> dict:
+    """{name: (images, labels or None)} a verification table uses when the caller gives
+    none: the labelled validation photos `model` was trained with when known, else
+    scikit-image's photos (unlabelled)."""
+    from keras_effnet.export.evaluate import load_labelled
+
+    data = trained_on(model)
+    if data.get("val"):
+        names = class_names_for(model, class_names)
+        return {data["val"]: load_labelled(data["val"], size, names, model.output_shape[-1])}
+    return {"photos": (bundled_photos(size)[0], None)}
 
 
 def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "keep",
@@ -112,8 +150,8 @@ def _export_to(model, out_dir: Path, formats, se, calibration, eval_sets, overwr
     height, _ = input_size(model)
     quantized = {"int8", "uint8", "edgetpu"} & set(formats)
     if quantized and calibration is None:
-        calibration = calibration_set(height)
-    eval_sets = eval_sets or {"photos": (bundled_photos(height)[0], None)}
+        calibration = default_calibration(model, height)
+    eval_sets = eval_sets or default_eval_sets(model, height, names)
     references = {name: keras_outputs(model, images) for name, (images, _) in eval_sets.items()}
 
     report: dict = {"model": model.name, "se": se, "target": target, "class_names": names,

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from keras_effnet.files import atomic_output, check_destination
+from keras_effnet.export.metadata import LABELS_FILE, class_names_for
+from keras_effnet.files import atomic_output, check_destination, write_text
 from keras_effnet.preprocessing import CROP_PADDING
 
 __all__ = ["BYTES_SIGNATURE", "decode_and_crop", "export_saved_model", "logits_model"]
@@ -86,7 +87,8 @@ def export_saved_model(model, path: str | os.PathLike, *, top_k: int | None = No
                        crop_padding: int = CROP_PADDING) -> Path:
     """Write a SavedModel with `serving_default` (float32), `serving_uint8` and, for a
     model of fixed input size, `serving_bytes` (encoded images, with class names from
-    `class_names`; default the class indices as text) at `path`; load it with
+    `class_names`; default: the model's own, ImageNet's for 1000 classes, else the class
+    indices as text) at `path`, and the names in `labels.txt` inside it; load it with
     `tf.saved_model.load(path)`."""
     import keras
     import tensorflow as tf
@@ -96,6 +98,8 @@ def export_saved_model(model, path: str | os.PathLike, *, top_k: int | None = No
     if len(shape) != 4 or shape[-1] != 3:
         raise ValueError(f"expected a model taking (N, H, W, 3) RGB images, got input {shape}")
     classes = model.output_shape[-1]
+    if class_names is None:  # the names every other writer gives this model
+        class_names = class_names_for(model)
     if top_k is not None and not 1 <= top_k <= classes:
         raise ValueError(f"top_k must be between 1 and {classes}, got {top_k}")
     with_logits = logits_model(model)
@@ -141,4 +145,6 @@ def export_saved_model(model, path: str | os.PathLike, *, top_k: int | None = No
                                                             name="image_bytes")])
     with atomic_output(path, overwrite) as tmp:
         archive.write_out(str(tmp), verbose=False)
+        if class_names is not None:  # what keras_effnet.export.evaluate names classes by
+            write_text(os.path.join(str(tmp), LABELS_FILE), "\n".join(class_names) + "\n")
     return path

@@ -37,7 +37,8 @@ from keras_effnet.export.onnx import onnx_session, run_onnx
 from keras_effnet.export.runtimes import check_compiled_model, check_mediapipe
 from keras_effnet.export.saved_model import logits_model
 
-__all__ = ["VerifyResult", "format_runtime_table", "format_table", "keras_outputs", "verify"]
+__all__ = ["VerifyResult", "check_runnable", "format_runtime_table", "format_table",
+           "keras_outputs", "tflite_outputs", "verify"]
 
 DEFAULT_RUNS = 20  # paper Table 4 averages 20 runs; we report the median
 WARMUP_RUNS = 3
@@ -120,14 +121,17 @@ def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
     return (x.astype(np.float32) - zero) * scale
 
 
-def _check_runnable(path: Path, graph) -> None:
+def check_runnable(path: Path, graph) -> None:
+    """ValueError for a file only the Edge TPU can run (its body is one custom op)."""
     if any(op.op == "edgetpu-custom-op" for op in graph.ops):
         raise ValueError(f"{path} is compiled for the Edge TPU (edgetpu-custom-op): it runs only "
                          "through the Edge TPU delegate on a Coral device. Verify the "
                          "uncompiled .tflite that to_edgetpu wrote instead.")
 
 
-def _run_tflite(path: Path, graph, images: np.ndarray):
+def tflite_outputs(path: Path, graph, images: np.ndarray):
+    """(probabilities, logits or None, format) of a `.tflite` (parsed as `graph`) on
+    `images`, one at a time through LiteRT with every thread."""
     softmax = [op for op in graph.ops if op.op == "SOFTMAX"]
     logits_index = softmax[-1].inputs[0].index if softmax else None
     interpreter = _interpreter(path, os.cpu_count() or 1, preserve=logits_index is not None)
@@ -290,7 +294,7 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
     onnx = path.suffix == ".onnx"
     if path.is_file() and not onnx:
         graph = read_model(path)  # parsed once: the compiled-model check and the logits lookup
-        _check_runnable(path, graph)
+        check_runnable(path, graph)
     ref_probs, ref_logits = reference if reference is not None else keras_outputs(model, images)
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
@@ -302,7 +306,7 @@ def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int
         fmt = "onnx"
         timing = _onnx_latency(path, images.shape[1:], runs) if runs else None
     else:
-        probs, logits, fmt = _run_tflite(path, graph, images)
+        probs, logits, fmt = tflite_outputs(path, graph, images)
         timing = _tflite_latency(path, images.shape[1:], runs) if runs else None
 
     if ref_logits is not None and logits is not None:

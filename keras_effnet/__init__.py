@@ -81,6 +81,7 @@ __all__ = [
     "cam",
     "compound_coefficients",
     "decode_predictions",
+    "evaluate",
     "flops_multiplier",
     "get_variant",
     "imagenet_classes",
@@ -93,6 +94,14 @@ __all__ = [
     "save_cam",
     "variant_names",
 ]
+
+
+def evaluate(model, data, **kwargs):
+    """Top-1/top-5 accuracy, per-class precision and recall of a model, a `.keras` file,
+    a SavedModel or a `.tflite` on a labelled folder: `keras_effnet.export.evaluate`."""
+    from keras_effnet.export.evaluate import evaluate as _evaluate
+
+    return _evaluate(model, data, **kwargs)
 
 
 def build(variant: str, **kwargs):

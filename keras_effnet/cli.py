@@ -12,6 +12,10 @@
     keras-effnet export --target android  only what a target takes (android, coral,
                                           server, all); --model FILE.keras exports a
                                           trained model with its class names
+    keras-effnet evaluate --model M --data DIR
+                                          top-1/top-5, per-class precision and recall of a
+                                          .keras, SavedModel or .tflite on labelled photos
+                                          (--runtime mediapipe, --json, --plot cm.png)
     keras-effnet cam IMAGE --out cam.png  Grad-CAM heatmap over the photo, top class
                                           in the title ("chelsea"/"coffee": scikit-image's)
     keras-effnet train --data DIR --out DIR   the paper's recipe under tf.distribute;
@@ -32,9 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "lite0", "variant for `classify`/`export`/`convert` (b0-b8, l2, "
-                    "lite0-4, edgetpu-s/m/l), or for `export` a .keras file (keras-effnet "
-                    "train's model)")
+flags.DEFINE_string("model", "lite0", "variant for `classify`/`export`/`evaluate`/`convert` "
+                    "(b0-b8, l2, lite0-4, edgetpu-s/m/l), or for `export` a .keras file "
+                    "(keras-effnet train's model); `evaluate` also a SavedModel or a .tflite")
 flags.DEFINE_string("tflite", None, "`classify`: run this .tflite in MediaPipe's ImageClassifier")
 flags.DEFINE_string("target", None, "`export`: android (uint8 + float16 with metadata), coral "
                     "(Edge TPU file + op report), server (SavedModel) or all; overrides --formats")
@@ -53,15 +57,21 @@ flags.DEFINE_list("formats", None, "`export`: some of saved_model,float32,float1
 flags.DEFINE_string("se", "keep", "`export`: SE strategy keep|float|hard|pool|remove, or "
                     "several joined with '+'")
 flags.DEFINE_multi_string("calibration", [], "`export`: folder of calibration photos (repeatable); "
-                          "fewer than 100 are expanded with random crops")
+                          "fewer than 100 are expanded with random crops (default: the "
+                          "photos a trained model was trained on, or for ImageNet models "
+                          "scikit-image's)")
 flags.DEFINE_multi_string("images", [], "`export`: folder of evaluation images (repeatable); "
-                          "labels come from names like 207_n02099601_x.JPEG")
+                          "labelled by class folders or names like 207_n02099601_x.JPEG")
 flags.DEFINE_integer("runs", 20, "`export`: timed batch-1 runs per artifact (0: no timing)")
 flags.DEFINE_boolean("overwrite", False, "`export`: replace existing artifacts")
 flags.DEFINE_integer("class_index", None, "`cam`: the class to explain (default: the top one)")
+flags.DEFINE_enum("runtime", "litert", ["litert", "mediapipe"], "`evaluate`: what runs a "
+                  ".tflite: our LiteRT runner, or MediaPipe's ImageClassifier (as a phone does)")
+flags.DEFINE_boolean("json", False, "`evaluate`: print one JSON object instead of the table")
+flags.DEFINE_string("plot", None, "`evaluate`: also write the confusion matrix as this PNG")
 # train / search
-flags.DEFINE_string("data", None, "`train`/`search`: image folder (one sub-folder per class, or "
-                    "names starting with the class index)")
+flags.DEFINE_string("data", None, "`train`/`search`/`evaluate`: image folder (one sub-folder "
+                    "per class, or names starting with the class index)")
 flags.DEFINE_string("val_data", None, "`train`: validation image folder")
 flags.DEFINE_float("val_split", 0.0, "`train`: fraction of --data held out for validation")
 flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "mirrored", "multi_worker", "tpu"],
@@ -75,12 +85,19 @@ flags.DEFINE_boolean("mixed_precision", False, "`train`: mixed precision (float1
                      "bfloat16 on TPUs and CPUs; --precision picks one)")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "`train`: dtype policy (overrides --mixed_precision)")
-flags.DEFINE_float("learning_rate", None, "`train`: peak learning rate (default 0.016 x batch/256)")
-flags.DEFINE_float("warmup_epochs", 5.0, "`train`: linear warm-up epochs")
+flags.DEFINE_float("learning_rate", None, "`train`: peak learning rate (default: the recipe's; "
+                   "paper 0.016 x batch/256, transfer 1e-3 for a batch of 32)")
+flags.DEFINE_enum("recipe", "auto", ["auto", "transfer", "paper"], "`train`: transfer (a new "
+                  "head on pretrained weights: the frozen trunk's features computed once, "
+                  "the top fine-tuned on them, the best validation epoch kept), paper (the "
+                  "ImageNet recipe), or auto: transfer with --weights imagenet, else paper")
+flags.DEFINE_float("warmup_epochs", None, "`train`: linear warm-up epochs (default: the "
+                   "recipe's; paper 5, transfer 0.5)")
 flags.DEFINE_boolean("ema", True, "`train`: keep a weight average (0.9999) for eval and export")
 flags.DEFINE_float("randaugment", None, "`train`: RandAugment magnitude 0-10 (default: off)")
 flags.DEFINE_boolean("sync_batchnorm", False, "`train`: BatchNorm statistics across replicas")
-flags.DEFINE_boolean("freeze_backbone", False, "`train`: train only the new head")
+flags.DEFINE_boolean("freeze_backbone", False, "`train`: train only the new head (the transfer "
+                     "recipe: on the backbone's pooled features, computed once)")
 flags.DEFINE_integer("unfreeze_blocks", None, "`train`: with --freeze_backbone, also train the "
                      "last N blocks (BatchNorm stays frozen)")
 flags.DEFINE_integer("steps_per_epoch", None, "`train`/`search`: steps per epoch (default: one "
@@ -207,9 +224,16 @@ def _photos(paths: list[str]) -> dict:
 
 def _export(args: list[str]) -> int:
     import keras_effnet as ke
-    from keras_effnet.export import bundled_photos, labels_from_names, load_folder
+    from keras_effnet.export.evaluate import load_labelled
     from keras_effnet.export.metadata import class_names_for
-    from keras_effnet.export.pipeline import FORMATS, calibration_set, export_all, target_formats
+    from keras_effnet.export.pipeline import (
+        FORMATS,
+        calibration_set,
+        default_calibration,
+        default_eval_sets,
+        export_all,
+        target_formats,
+    )
 
     if args:
         raise app.UsageError(f"export takes flags only, got {args}")
@@ -229,17 +253,40 @@ def _export(args: list[str]) -> int:
         size = variant.resolution
         title = f"{variant.constructor_name}, weights={weights}"
     labels = class_names_for(model, FLAGS.labels)  # bad labels fail before any work
-    eval_sets = {"scikit-image photos": (bundled_photos(size)[0], None)}
-    for folder in FLAGS.images:
-        images, names = load_folder(folder, size)
-        eval_sets[folder] = (images, labels_from_names(names))
+    # a fine-tuned model is verified on the labelled photos it was validated on, when known
+    eval_sets = dict(default_eval_sets(model, size, labels))
+    for folder in FLAGS.images:  # class folders or ImageNet names: labelled, as evaluate reads
+        eval_sets[folder] = load_labelled(folder, size, labels, model.output_shape[-1])
     calibration = None
     if {"int8", "uint8", "edgetpu"} & set(formats):
-        calibration = calibration_set(size, FLAGS.calibration)
+        calibration = calibration_set(size, FLAGS.calibration) if FLAGS.calibration else \
+            default_calibration(model, size)
     print(f"{title}, {size} px -> {FLAGS.out}")
     export_all(model, FLAGS.out, formats, se=FLAGS.se, calibration=calibration,
                eval_sets=eval_sets, overwrite=FLAGS.overwrite, runs=FLAGS.runs,
                target=FLAGS.target, labels=labels)
+    return 0
+
+
+def _evaluate(args: list[str]) -> int:
+    import json
+
+    from keras_effnet.export.evaluate import evaluate, format_report
+
+    if args:
+        raise app.UsageError(f"evaluate takes flags only, got {args}")
+    if not FLAGS.data:
+        raise app.UsageError("evaluate needs --data DIR (one sub-folder per class, or names "
+                             "like 207_n02099601_x.JPEG) and --model (a .keras file, a "
+                             "SavedModel, a .tflite or a variant name)")
+    report = evaluate(FLAGS.model, FLAGS.data, runtime=FLAGS.runtime, plot=FLAGS.plot,
+                      progress=not FLAGS.json and sys.stdout.isatty())
+    if FLAGS.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(format_report(report))
+        if FLAGS.plot:
+            print(f"wrote {FLAGS.plot}")
     return 0
 
 
@@ -298,6 +345,7 @@ def _train(args: list[str]) -> int:
     weights = None if FLAGS.weights.lower() == "none" else FLAGS.weights
     config = TrainConfig(
         data=FLAGS.data, out=FLAGS.out, model=FLAGS.model, phi=FLAGS.phi, weights=weights,
+        recipe=FLAGS.recipe,
         val_data=FLAGS.val_data, val_split=FLAGS.val_split, strategy=FLAGS.strategy,
         tpu=FLAGS.tpu, epochs=FLAGS.epochs, batch=FLAGS.batch, image_size=FLAGS.image_size,
         precision=_precision(), learning_rate=FLAGS.learning_rate,
@@ -309,8 +357,11 @@ def _train(args: list[str]) -> int:
         seed=FLAGS.seed, verbose=1 if sys.stdout.isatty() else 2,
     )
     _, summary = train(config)
-    shown = {k: summary[k] for k in ("model", "strategy", "replicas", "precision",
-                                     "resumed_from_step", "final_step", "images_per_second")}
+    shown = {k: summary.get(k) for k in ("model", "recipe", "strategy", "replicas",
+                                         "precision", "resumed_from_step", "final_step",
+                                         "train_seconds", "images_per_second")}
+    if "final_eval" in summary:
+        shown["val_accuracy"] = summary["final_eval"].get("accuracy")
     print(json.dumps(shown))
     if "model_path" in summary:
         print(f"wrote {summary['model_path']} and {FLAGS.out}/summary.json")
@@ -362,7 +413,8 @@ def _convert(args: list[str]) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "cam": _cam,
+_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "evaluate": _evaluate,
+             "cam": _cam,
              "train": _train, "search": _search, "convert": _convert}
 
 

@@ -104,13 +104,16 @@ def rename(model: keras.Model, name: str) -> keras.Model:
 
 
 def rebuild(model: keras.Model, call: Callable | None = None,
-            replace: Callable | None = None, recursive: bool = False) -> keras.Model:
+            replace: Callable | None = None, recursive: bool = False,
+            input_shape: tuple | None = None) -> keras.Model:
     """The graph of `model` rebuilt call by call, keeping the model's name.
 
     `replace(layer)` returns the layer to use in the new graph (default: the same
     layer, weights shared); `call(layer, *args, **kwargs)` returns the call's output
     and may add, skip or swap layers (default: `layer(*args, **kwargs)`). With
-    `recursive=True` nested functional models are rebuilt the same way."""
+    `recursive=True` nested functional models are rebuilt the same way.
+    `input_shape` (without the batch) gives the rebuilt graph a new input, e.g.
+    `(None, None, 3)` for a convolutional model that then takes any image size."""
     if not is_functional(model):
         raise ValueError(f"{model.name} is a subclassed model: only functional and Sequential "
                          "graphs can be rewritten")
@@ -125,6 +128,13 @@ def rebuild(model: keras.Model, call: Callable | None = None,
                 layer = rebuild(layer, call, replace, recursive)
             x = call(layer, x)
         return keras.Model(inputs, x, name=model.name)
-    new = keras.models.clone_model(model, clone_function=replace, call_function=call,
-                                   recursive=recursive)
+    inputs = None
+    if input_shape is not None:
+        if len(model.inputs) != 1:
+            raise ValueError(f"input_shape needs a model with one input; {model.name} has "
+                             f"{len(model.inputs)}")
+        inputs = keras.Input(shape=input_shape, dtype=model.inputs[0].dtype,
+                             name=model.inputs[0].name)
+    new = keras.models.clone_model(model, input_tensors=inputs, clone_function=replace,
+                                   call_function=call, recursive=recursive)
     return rename(new, model.name)

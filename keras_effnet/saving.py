@@ -3,6 +3,7 @@
     save_model(model, "out/model.keras", class_names=["daisy", "rose", "tulip"])
     model = load_model("out/model.keras")
     model.class_names        # ('daisy', 'rose', 'tulip'), or None
+    model.training_data      # {"train": "/data/train", "val": "/data/val"}, or None
 
 The names travel inside the `.keras` archive (an extra member, `keras_effnet/
 class_names.json`, which Keras' loader leaves alone), so a model file moved on its own
@@ -21,15 +22,19 @@ import zipfile
 
 from keras_effnet.files import exists, is_remote, read_bytes, write_bytes, write_text
 
-__all__ = ["CLASS_NAMES_MEMBER", "class_names_in", "load_model", "save_model"]
+__all__ = ["CLASS_NAMES_MEMBER", "TRAINING_DATA_MEMBER", "class_names_in", "load_model",
+           "save_model", "training_data_in"]
 
 CLASS_NAMES_MEMBER = "keras_effnet/class_names.json"
+TRAINING_DATA_MEMBER = "keras_effnet/training_data.json"
 
 
 def save_model(model, path: str | os.PathLike, class_names=None, *,
-               labels_file: bool = True) -> str:
+               labels_file: bool = True, training_data: dict | None = None) -> str:
     """Save `model` to a `.keras` file at `path` (local, `gs://`, `ram://`; whole or not
-    at all), with `class_names` inside; also `labels.txt` beside it when `labels_file`."""
+    at all), with `class_names` inside; also `labels.txt` beside it when `labels_file`.
+    `training_data` ({"train": folder, "val": folder or None}) records where the photos
+    it was trained on are, so an export can calibrate and verify on them."""
     from keras_effnet.export.metadata import LABELS_FILE, check_labels
 
     path = os.fspath(path)
@@ -40,9 +45,12 @@ def save_model(model, path: str | os.PathLike, class_names=None, *,
     with tempfile.TemporaryDirectory(prefix="keras_effnet_save_") as folder:
         local = os.path.join(folder, "model.keras")
         model.save(local)
-        if names is not None:
+        if names is not None or training_data:
             with zipfile.ZipFile(local, "a") as archive:
-                archive.writestr(CLASS_NAMES_MEMBER, json.dumps(names))
+                if names is not None:
+                    archive.writestr(CLASS_NAMES_MEMBER, json.dumps(names))
+                if training_data:
+                    archive.writestr(TRAINING_DATA_MEMBER, json.dumps(training_data))
         with open(local, "rb") as handle:
             write_bytes(path, handle.read())
     if names is not None and labels_file:
@@ -63,6 +71,18 @@ def _archive(path) -> io.BytesIO:
 def class_names_in(path: str | os.PathLike) -> tuple[str, ...] | None:
     """The class names saved inside a `.keras` file, or None."""
     return _class_names(_archive(path), path)
+
+
+def training_data_in(path: str | os.PathLike) -> dict | None:
+    """Where the photos a `.keras` file was trained on are ({"train", "val"}), or None."""
+    return _training_data(_archive(path))
+
+
+def _training_data(data: io.BytesIO) -> dict | None:
+    with zipfile.ZipFile(data) as archive:
+        if TRAINING_DATA_MEMBER not in archive.namelist():
+            return None
+        return json.loads(archive.read(TRAINING_DATA_MEMBER))
 
 
 def _class_names(data: io.BytesIO, path) -> tuple[str, ...] | None:
@@ -93,4 +113,5 @@ def load_model(path: str | os.PathLike, **kwargs):
     else:
         model = keras.saving.load_model(os.fspath(path), **kwargs)
     model.class_names = _class_names(data, path)
+    model.training_data = _training_data(data)
     return model

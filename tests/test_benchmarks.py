@@ -177,3 +177,41 @@ def test_readme_blocks_have_their_results_file():
     assert blocks
     for name in blocks:
         assert (REPO / "benchmarks" / "results" / f"{name}.md").exists(), name
+
+
+def test_finetune_split_is_seeded_per_class_80_10_10(tmp_path):
+    """benchmarks/finetune.py's split: round(0.8 n) / round(0.1 n) / the rest of each class,
+    links to the photos, the same files for the same seed."""
+    import finetune
+
+    flowers = tmp_path / "flowers"
+    for name, count in (("daisy", 633), ("roses", 641)):
+        (flowers / name).mkdir(parents=True)
+        for i in range(count):
+            (flowers / name / f"{i}.jpg").write_bytes(b"\xff\xd8\xff")
+    counts = finetune.split(flowers, tmp_path / "a", seed=0)
+    assert counts == {"train": {"daisy": 506, "roses": 513}, "val": {"daisy": 63, "roses": 64},
+                      "test": {"daisy": 64, "roses": 64}}
+    assert (tmp_path / "a" / "test" / "daisy").iterdir().__next__().is_symlink()
+    finetune.split(flowers, tmp_path / "b", seed=0)
+    names = {p.name for p in (tmp_path / "a" / "test" / "roses").iterdir()}
+    assert names == {p.name for p in (tmp_path / "b" / "test" / "roses").iterdir()}
+    parts = [{p.name for p in (tmp_path / "a" / part / "roses").iterdir()}
+             for part in ("train", "val", "test")]
+    assert sum(map(len, parts)) == len(set.union(*parts)) == 641  # disjoint, complete
+
+
+@pytest.mark.slow
+def test_finetune_benchmark_on_flowers_mini(shared_data, tmp_path):
+    """The whole benchmark path on 200 photos: train (frozen), evaluate, export, MediaPipe."""
+    pytest.importorskip("mediapipe")
+    out = _run("finetune.py", f"--flowers={shared_data / 'flowers-mini'}", "--models=lite0",
+               "--seeds=0", "--protocols=frozen", f"--work={tmp_path / 'w'}",
+               f"--out={tmp_path / 'r'}", "--noupdate_readme", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "r" / "finetune.json").read_text())
+    (row,) = data["rows"]
+    assert data["split"]["test_images"] == 20 and row["protocol"] == "frozen"
+    assert row["keras"] >= 0.75 and abs(row["mediapipe_float16"] - row["keras"]) <= 0.1
+    assert 0 < row["fraction_of_peak"] < 1
+    assert (tmp_path / "r" / "finetune.png").exists()

@@ -1,6 +1,12 @@
-"""Training at scale: tf.distribute strategies, the paper's recipe, data, fine-tuning, resume.
+"""Training: the fine-tuning recipe for a user's photos, and at scale tf.distribute
+strategies, the paper's recipe, data, resume.
 
     from keras_effnet import training
+    folder = training.scan_folder("photos/")
+    train, val = training.split(folder, 0.2)
+    model = training.classifier("lite0", folder.num_classes, weights="imagenet")
+    training.fit_transfer(model, train, val, epochs=10)        # minutes on a CPU
+
     strategy = training.get_strategy("mirrored")
     with strategy.scope():
         model = training.classifier("b0", classes=5)
@@ -55,11 +61,15 @@ from keras_effnet.training.strategy import (
     sync_batchnorm,
     worker_info,
 )
-from keras_effnet.training.trainer import TrainConfig, build_model, train
+from keras_effnet.training.trainer import RECIPES, TrainConfig, build_model, train
+from keras_effnet.training.transfer import HEAD_ONLY, TRANSFER, TransferRecipe, fit_transfer
 
 __all__ = [
+    "HEAD_ONLY",
     "PAPER",
+    "RECIPES",
     "STRATEGIES",
+    "TRANSFER",
     "AverageBatchNormStatistics",
     "ImageFolder",
     "RMSpropEMA",
@@ -67,6 +77,7 @@ __all__ = [
     "SearchConfig",
     "TrainConfig",
     "TrainingState",
+    "TransferRecipe",
     "WarmupExponentialDecay",
     "add_weight_decay",
     "block_ids",
@@ -79,6 +90,7 @@ __all__ = [
     "compile_recipe",
     "eval_dataset",
     "fit_ready",
+    "fit_transfer",
     "freeze_backbone",
     "get_strategy",
     "learning_rate_schedule",

@@ -31,12 +31,14 @@ from keras_effnet.preprocessing import CROP_PADDING, IMAGE_SUFFIXES, LABELLED_NA
 
 __all__ = [
     "DECODABLE_SUFFIXES",
+    "IMAGENET_CROP_AREA",
     "ImageFolder",
     "eval_dataset",
     "scan_folder",
     "split",
     "tfrecord_dataset",
     "train_dataset",
+    "view_dataset",
 ]
 
 DECODABLE_SUFFIXES = IMAGE_SUFFIXES  # what keras_effnet.read_image reads
@@ -74,8 +76,9 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
-def scan_folder(folder: str | os.PathLike) -> ImageFolder:
-    """List a folder's images and labels; a clear error when there is nothing to train on."""
+def scan_folder(folder: str | os.PathLike, min_classes: int = 2) -> ImageFolder:
+    """List a folder's images and labels; a clear error when there is nothing to train on
+    (fewer than `min_classes` classes, a class folder without a readable image)."""
     root = Path(folder)
     if not root.exists():
         raise ValueError(f"data folder {str(root)!r} does not exist; expected a folder with one "
@@ -117,7 +120,7 @@ def scan_folder(folder: str | os.PathLike) -> ImageFolder:
             f"data folder {str(root)!r} has no readable images "
             f"({len(skipped)} unreadable); expected {', '.join(DECODABLE_SUFFIXES)} files in "
             "one sub-folder per class")
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise ValueError(
             f"data folder {str(root)!r} has one class ({class_names[0]!r}): a classifier "
             "needs at least 2 classes, one sub-folder of images each")
@@ -170,14 +173,17 @@ def _decode(contents):
     return image
 
 
-def _random_resized_crop(image, size: int):
+# tensorflow/tpu preprocessing._decode_and_random_crop: Inception-style, 8-100% of the area
+IMAGENET_CROP_AREA = (0.08, 1.0)
+
+
+def _random_resized_crop(image, size: int, area_range=IMAGENET_CROP_AREA):
     import tensorflow as tf
 
-    # tensorflow/tpu preprocessing._decode_and_random_crop: Inception-style
     begin, crop, _ = tf.image.sample_distorted_bounding_box(
         tf.shape(image), bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=tuple(area_range), max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, crop)
     image = tf.image.resize(image, (size, size), method="bicubic")
     image.set_shape([size, size, 3])  # tf.slice forgets the channels; RandAugment needs them
@@ -199,14 +205,17 @@ def _center_crop(image, size: int):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def _loader(training: bool, size: int, num_classes: int):
+def _loader(training: bool, size: int, num_classes: int, area_range=IMAGENET_CROP_AREA):
     """(encoded bytes, label) -> (float32 image in [0, 255], one-hot label)."""
     import tensorflow as tf
 
-    crop = _random_resized_crop if training else _center_crop
+    def crop(image):
+        if training:
+            return _random_resized_crop(image, size, area_range)
+        return _center_crop(image, size)
 
     def load(contents, label):
-        image = crop(tf.cast(_decode(contents), tf.float32), size)
+        image = crop(tf.cast(_decode(contents), tf.float32))
         return image, tf.one_hot(label, num_classes)
 
     return load
@@ -238,6 +247,21 @@ def _folder_pipeline(folder: ImageFolder, size: int, batch: int, training: bool,
     dataset = dataset.map(lambda path, label: (tf.io.read_file(path), label))
     load = _loader(training, size, folder.num_classes)
     return _finish(dataset, load, batch, training, seed, randaugment)
+
+
+def view_dataset(folder: ImageFolder, image_size: int, batch: int, *, augment: bool,
+                 seed: int = 0, area_range=IMAGENET_CROP_AREA):
+    """One pass over `folder` in its order, in batches of (images, one-hot labels): each
+    image a random resized crop (`area_range` of its area) and flip when `augment`, else
+    the evaluation centre crop. What a frozen backbone's features are computed from once
+    (keras_effnet.training.transfer)."""
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)  # the crops' op seeds derive from it
+    dataset = tf.data.Dataset.from_tensor_slices((list(folder.files), list(folder.labels)))
+    dataset = dataset.map(lambda path, label: (tf.io.read_file(path), label))
+    load = _loader(augment, image_size, folder.num_classes, area_range)
+    return _finish(dataset, load, batch, False, seed, None)
 
 
 def _rand_augment(magnitude: float, seed: int):

@@ -21,13 +21,14 @@ import re
 import keras
 
 from keras_effnet import graph
-from keras_effnet.blocks import DENSE_KERNEL_INITIALIZER, float32_under_mixed_precision
+from keras_effnet.blocks import float32_under_mixed_precision
 from keras_effnet.specs import get_variant
 
-__all__ = ["block_ids", "check_classes", "classifier", "freeze_backbone", "unfreeze_top"]
+__all__ = ["BLOCK_NAME", "block_ids", "check_classes", "classifier", "freeze_backbone",
+           "unfreeze_top"]
 
 _HEAD = ("avg_pool", "top_dropout", "predictions")
-_BLOCK = re.compile(r"^(block\d+[a-z]+)_")
+BLOCK_NAME = re.compile(r"^(block\d+[a-z]+)_")  # a block's layers: block6a_expand_conv
 
 
 def classifier(variant: str, classes: int, *, weights="imagenet", image_size: int | None = None,
@@ -46,8 +47,11 @@ def classifier(variant: str, classes: int, *, weights="imagenet", image_size: in
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if rate > 0:
         x = keras.layers.Dropout(rate, name="top_dropout")(x)
+    # a new head starts at zero: the first loss is ln(classes), and the pretrained
+    # backbone gets no gradient until the head has learnt something (the ImageNet
+    # builder's initializer gives logits of several units on pretrained features)
     outputs = keras.layers.Dense(
-        classes, activation="softmax", kernel_initializer=DENSE_KERNEL_INITIALIZER,
+        classes, activation="softmax", kernel_initializer="zeros",
         name="predictions", dtype=float32_under_mixed_precision())(x)
     return keras.Model(backbone.input, outputs, name=name or f"{backbone.name}_{classes}_classes")
 
@@ -66,7 +70,7 @@ def block_ids(model: keras.Model) -> list[str]:
     """The model's blocks in order: ['block1a', 'block2a', 'block2b', ...]."""
     seen = []
     for layer in graph.layers(model):
-        match = _BLOCK.match(layer.name)
+        match = BLOCK_NAME.match(layer.name)
         if match and match.group(1) not in seen:
             seen.append(match.group(1))
     return seen
@@ -97,7 +101,7 @@ def unfreeze_top(model: keras.Model, blocks: int, *, batchnorm: bool = False,
         if hasattr(layer, "layers"):
             layer.trainable = True  # nested backbone: open it, then close what stays frozen
             continue
-        match = _BLOCK.match(layer.name)
+        match = BLOCK_NAME.match(layer.name)
         in_top = (match is not None and match.group(1) in opened) or \
             (head_conv and layer.name in ("top_conv", "top_bn"))
         is_bn = isinstance(layer, keras.layers.BatchNormalization)

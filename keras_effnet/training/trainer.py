@@ -15,14 +15,16 @@ checkpoint every epoch (and every N steps), TensorBoard logs, the final model
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 
 import keras
 
-from keras_effnet.files import atomic_output, makedirs, write_json
+from keras_effnet.files import atomic_output, is_remote, makedirs, write_json
 from keras_effnet.saving import save_model
-from keras_effnet.training import checkpoint, recipe
+from keras_effnet.training import checkpoint, transfer
+from keras_effnet.training import recipe as paper
 from keras_effnet.training.data import eval_dataset, scan_folder, split, train_dataset
 from keras_effnet.training.finetune import (
     check_classes,
@@ -39,7 +41,9 @@ from keras_effnet.training.strategy import (
     worker_info,
 )
 
-__all__ = ["TrainConfig", "build_model", "train"]
+__all__ = ["RECIPES", "TrainConfig", "build_model", "train"]
+
+RECIPES = ("auto", "transfer", "paper")
 
 
 @dataclasses.dataclass
@@ -53,6 +57,9 @@ class TrainConfig:
     depth_coefficient: float | None = None  # or scale its depth and width directly (search)
     width_coefficient: float | None = None
     weights: str | None = None  # None, "imagenet", or a .keras / .weights.h5 file
+    # "auto": "transfer" (keras_effnet.training.transfer) when a new head goes on pretrained
+    # weights, else "paper" (the ImageNet recipe of keras_effnet.training.recipe)
+    recipe: str = "auto"
     val_data: str | None = None
     val_split: float = 0.0
     strategy: str = "auto"
@@ -61,12 +68,12 @@ class TrainConfig:
     batch: int = 32  # global: split over the replicas
     image_size: int | None = None
     precision: str | None = None  # "mixed_float16" | "mixed_bfloat16"
-    learning_rate: float | None = None  # peak; default 0.016 x batch / 256
-    warmup_epochs: float = recipe.PAPER.warmup_epochs
+    learning_rate: float | None = None  # peak; default: the recipe's (paper: 0.016 x batch/256)
+    warmup_epochs: float | None = None  # default: the recipe's (paper: 5)
     ema: bool = True
-    label_smoothing: float = recipe.PAPER.label_smoothing
-    weight_decay: float = recipe.PAPER.weight_decay
-    drop_connect_rate: float = recipe.PAPER.drop_connect_rate
+    label_smoothing: float = paper.PAPER.label_smoothing
+    weight_decay: float = paper.PAPER.weight_decay
+    drop_connect_rate: float = paper.PAPER.drop_connect_rate
     randaugment: float | None = None
     sync_batchnorm: bool = False
     freeze_backbone: bool = False
@@ -77,10 +84,32 @@ class TrainConfig:
     seed: int = 0
     verbose: int | str = "auto"
 
-    def recipe(self) -> recipe.Recipe:
+    def paper_recipe(self) -> paper.Recipe:
+        warmup = paper.PAPER.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs
         return dataclasses.replace(
-            recipe.PAPER, warmup_epochs=self.warmup_epochs, label_smoothing=self.label_smoothing,
+            paper.PAPER, warmup_epochs=warmup, label_smoothing=self.label_smoothing,
             weight_decay=self.weight_decay, drop_connect_rate=self.drop_connect_rate)
+
+    def transfer_recipe(self) -> transfer.TransferRecipe:
+        base = transfer.HEAD_ONLY if self.freeze_backbone else transfer.TRANSFER
+        changes = {}
+        if self.learning_rate is not None:
+            changes["learning_rate"] = self.learning_rate
+        if self.warmup_epochs is not None:
+            changes["warmup_epochs"] = self.warmup_epochs
+        return dataclasses.replace(base, **changes)
+
+    def recipe_name(self) -> str:
+        """The recipe this run uses: `recipe`, or for "auto" the transfer recipe when a new
+        head goes on ImageNet weights (the job of a user's folder of photos)."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}: expected one of "
+                             f"{', '.join(RECIPES)}")
+        if self.recipe != "auto":
+            return self.recipe
+        pretrained = self.weights == "imagenet" and self.phi is None and \
+            not self.depth_coefficient and not self.width_coefficient
+        return "transfer" if pretrained else "paper"
 
 
 def build_model(config: TrainConfig, classes: int) -> keras.Model:
@@ -120,11 +149,13 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     checkpoint, fit from where it stopped, evaluate, save."""
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if config.recipe_name() == "transfer":
+        return _train_transfer(config)
     strategy = get_strategy(config.strategy, tpu=config.tpu)
     check_global_batch(config.batch, strategy)
     folder, val_folder, steps_per_epoch = _read_folders(config)
     if config.precision:
-        recipe.set_precision(config.precision)
+        paper.set_precision(config.precision)
     model, state = _build_and_restore(config, strategy, folder.num_classes, steps_per_epoch)
     summary = _run_summary(config, model, folder, strategy, state)
     validation = eval_dataset(val_folder, summary["image_size"], config.batch) \
@@ -136,6 +167,69 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     model.class_names = tuple(folder.class_names)  # what an export of it names
     _save(config, model, summary)
     return model, summary
+
+
+def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
+    """The transfer recipe: the frozen trunk's features computed once per view, the top
+    trained on them (keras_effnet.training.transfer), the best validation epoch kept."""
+    if config.strategy not in ("auto", "cpu"):
+        raise ValueError(f"the transfer recipe trains on one device; --strategy "
+                         f"{config.strategy} needs --recipe paper")
+    if config.unfreeze_blocks:
+        raise ValueError("--unfreeze_blocks is for --recipe paper; the transfer recipe "
+                         "trains the blocks after the stride-16 ones (or only the head "
+                         "with --freeze_backbone)")
+    folder, val_folder, _ = _read_folders(config)
+    if config.precision:
+        paper.set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(dataclasses.replace(config, freeze_backbone=False),
+                        folder.num_classes)
+    summary = {
+        "model": model.name, "variant": _variant(config), "classes": folder.num_classes,
+        "class_names": list(folder.class_names), "train_images": len(folder),
+        "val_images": len(val_folder) if val_folder else 0,
+        "skipped_files": len(folder.skipped), "image_size": model.inputs[0].shape[1],
+        "global_batch": config.batch, "replicas": 1, "workers": 1, "strategy": "default",
+        "precision": keras.config.dtype_policy().name, "epochs": config.epochs,
+        "train_data": _absolute(config.data),
+        "val_data": _absolute(config.val_data) if config.val_data else None,
+        "resumed_from_step": 0,
+    }
+    summary.update(transfer.fit_transfer(
+        model, folder, val_folder, epochs=config.epochs, batch=config.batch, seed=config.seed,
+        recipe=config.transfer_recipe(), head_only=config.freeze_backbone,
+        verbose=config.verbose))
+    if val_folder is not None:
+        summary["final_eval"] = {"accuracy": _accuracy(model, val_folder)}
+    else:
+        print("no validation data (--val_data or --val_split): the last epoch's weights "
+              "are kept, not the best")
+    model.class_names = tuple(folder.class_names)
+    _save(config, model, summary)
+    return model, summary
+
+
+def _absolute(path: str) -> str:
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def _variant(config: TrainConfig) -> str:
+    from keras_effnet import get_variant
+
+    return get_variant(config.model).name
+
+
+def _accuracy(model: keras.Model, folder) -> float:
+    """Top-1 of `model` on `folder`, centre crops at its size (as evaluate reads them)."""
+    import numpy as np
+
+    hits = total = 0
+    for images, onehot in eval_dataset(folder, model.inputs[0].shape[1], 64):
+        predicted = np.argmax(model.predict_on_batch(images), axis=1)
+        hits += int(np.sum(predicted == np.argmax(onehot.numpy(), axis=1)))
+        total += len(predicted)
+    return hits / total
 
 
 def _read_folders(config: TrainConfig):
@@ -161,7 +255,7 @@ def _build_and_restore(config: TrainConfig, strategy, classes: int, steps_per_ep
         model = build_model(config, classes)
         if config.sync_batchnorm:
             sync_batchnorm(model)
-        recipe.compile_recipe(model, config.batch, steps_per_epoch, recipe=config.recipe(),
+        paper.compile_recipe(model, config.batch, steps_per_epoch, recipe=config.paper_recipe(),
                               learning_rate=config.learning_rate, ema=config.ema,
                               jit_compile=config.jit_compile)
         ckpt_dir = f"{config.out}/checkpoints"
@@ -188,7 +282,7 @@ def _run_summary(config: TrainConfig, model, folder, strategy, state) -> dict:
 
     report = profile(model)
     return {
-        "model": model.name, "variant": get_variant(config.model).name,
+        "model": model.name, "variant": get_variant(config.model).name, "recipe": "paper",
         "params": report.params, "macs": report.macs, "classes": folder.num_classes,
         "class_names": list(folder.class_names), "train_images": len(folder),
         "skipped_files": len(folder.skipped), "image_size": model.inputs[0].shape[1],
@@ -205,7 +299,7 @@ def _fit(config: TrainConfig, model, strategy, folder, validation, state) -> dic
     """model.fit from the restored step to the last; what it did, for the summary."""
     # BatchNorm averaged over the replicas before the state is saved, so a resumed run and
     # every worker agree
-    callbacks = [*recipe.callbacks(model, strategy), state]
+    callbacks = [*paper.callbacks(model, strategy), state]
     if state.writer:
         callbacks.append(keras.callbacks.TensorBoard(f"{config.out}/logs", update_freq="epoch"))
     dataset = train_dataset(folder, model.inputs[0].shape[1], config.batch,
@@ -244,7 +338,11 @@ def _save(config: TrainConfig, model, summary: dict) -> None:
     if chief:
         makedirs(config.out)
         summary["model_path"] = f"{config.out}/model.keras"
-        save_model(model, summary["model_path"], class_names=model.class_names)
+        data = {"train": summary.get("train_data") or _absolute(config.data),
+                "val": summary.get("val_data") or (_absolute(config.val_data)
+                                                   if config.val_data else None)}
+        save_model(model, summary["model_path"], class_names=model.class_names,
+                   training_data=data)
         write_json(f"{config.out}/summary.json", summary)
         return
     folder = f"{config.out}/workers/{index}"
