@@ -1,6 +1,7 @@
 """A user's real job, measured: a folder of photos -> fine-tune -> a file MediaPipe runs.
 
     python benchmarks/finetune.py --flowers DIR [--models lite0,lite2,lite4] [--seeds 0,1,2]
+    python benchmarks/finetune.py --replot      # the tables and the figure from the JSON
 
 TensorFlow's flower_photos (3,670 photos, 5 classes), split 80/10/10 per class with a
 seeded shuffle (train: round(0.8 n), val: round(0.1 n), test: the rest; the split seed
@@ -52,6 +53,8 @@ flags.DEFINE_string("work", str(_bench.REPO / "build" / "finetune"), "split and 
 flags.DEFINE_string("out", str(_bench.RESULTS), "results folder")
 flags.DEFINE_string("name", "finetune", "results file name and README block")
 flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+flags.DEFINE_boolean("replot", False, "only redraw the Markdown, README block and PNG from "
+                     "the results JSON already written (no training)")
 
 # google-ai-edge/mediapipe-samples examples/customization/image_classifier.ipynb,
 # "Performance benchmarks": flower_photos, 80/10/10, 10 epochs, batch 2, frozen backbone
@@ -255,7 +258,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
         published = data["model_maker"]["accuracy"].get(variant)
         if protocol == "frozen" and published:
             ax.plot([x - 0.4, x + 0.4], [100 * published] * 2, color="#c44e52", lw=2,
-                    label="Model Maker (published)" if "Model Maker" not in
+                    label="Model Maker (published)" if "Model Maker (published)" not in
                     ax.get_legend_handles_labels()[1] else None)
         labels.append(f"{variant}\n{'frozen' if protocol == 'frozen' else 'default'}")
     ax.set_xticks(range(len(labels)), labels)
@@ -271,6 +274,11 @@ def plot(data: dict, path: pathlib.Path) -> None:
 
 def main(argv):
     del argv
+    if FLAGS.replot:
+        data = json.loads((pathlib.Path(FLAGS.out) / f"{FLAGS.name}.json").read_text())
+        _bench.publish(FLAGS.name, data, markdown(data), FLAGS.out, FLAGS.update_readme)
+        plot(data, pathlib.Path(FLAGS.out) / f"{FLAGS.name}.png")
+        return
     if not FLAGS.flowers or not pathlib.Path(FLAGS.flowers).is_dir():
         raise SystemExit("--flowers DIR: flower_photos' five class folders are needed")
     work = pathlib.Path(FLAGS.work)

@@ -215,3 +215,13 @@ def test_finetune_benchmark_on_flowers_mini(shared_data, tmp_path):
     assert row["keras"] >= 0.75 and abs(row["mediapipe_float16"] - row["keras"]) <= 0.1
     assert 0 < row["fraction_of_peak"] < 1
     assert (tmp_path / "r" / "finetune.png").exists()
+
+
+def test_finetune_replot_from_its_results(tmp_path):
+    shutil.copy(BENCH / "results" / "finetune.json", tmp_path)
+    out = _run("finetune.py", "--replot", f"--out={tmp_path}", "--noupdate_readme")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "finetune.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "finetune.md").read_text()
+    assert table == (BENCH / "results" / "finetune.md").read_text()  # the same JSON, the same table
+    assert "| lite0 | our default | 3 |" in table
