@@ -98,13 +98,14 @@ def test_fit_transfer_learns_and_keeps_the_best_epoch(lite0_weights, class_folde
 def test_head_only_trains_the_head_alone(lite0_weights, class_folder):
     folder = training.scan_folder(class_folder)
     train, val = training.split(folder, 0.25, seed=0)
-    model = training.classifier("lite0", folder.num_classes, weights="imagenet", image_size=96)
+    model = training.classifier("lite0", folder.num_classes, weights="imagenet", image_size=100)
     top_conv = model.get_layer("top_conv").get_weights()[0].copy()
     summary = transfer.fit_transfer(model, train, val, epochs=5, batch=8, head_only=True,
                                     verbose=0, log=lambda *_: None)
     assert summary["trunk_end"] == "avg_pool" and summary["views"] == 1
+    assert summary["train_size"] == 100  # the centre crops at the model's own size
     assert np.array_equal(model.get_layer("top_conv").get_weights()[0], top_conv)
-    assert _accuracy(model, val, 96) == pytest.approx(max(summary["history"]["val_accuracy"]))
+    assert _accuracy(model, val, 100) == pytest.approx(max(summary["history"]["val_accuracy"]))
 
 
 def test_train_records_its_photos_for_calibration(lite0_weights, class_folder, tmp_path):

@@ -208,7 +208,9 @@ def fit_transfer(model: keras.Model, train: ImageFolder, val: ImageFolder | None
     size = model.input_shape[1]
     end = trunk_end(model, recipe.trunk)
     views = min(recipe.views, epochs)
-    train_size = max(32, round(size * recipe.train_scale / 8) * 8)
+    # a multiple of 8 below the model's size; the model's own at train_scale 1
+    train_size = size if recipe.train_scale == 1.0 else \
+        max(32, round(size * recipe.train_scale / 8) * 8)
     # the views run through the same layers at train_size; validation at the model's size
     trunk, top = split_at(model, end, (None, None, 3) if train_size != size else None)
     val_trunk = split_at(model, end)[0] if train_size != size else trunk
