@@ -124,3 +124,21 @@ def test_train_records_its_photos_for_calibration(lite0_weights, class_folder, t
     model.training_data = None
     with pytest.raises(ValueError, match="nothing says which photos it was trained on"):
         default_calibration(model, 64)
+
+
+def test_the_trunk_is_traced_once_for_every_view(class_folder):
+    """One compiled function per trunk, for any batch and size: a function per view and a
+    short last batch retraced (TensorFlow's retracing warning in every `train` run)."""
+    folder = training.scan_folder(class_folder)
+    model = training.classifier("lite0", folder.num_classes, weights=None, image_size=64)
+    trunk, _ = transfer.split_at(model, transfer.trunk_end(model), (None, None, 3))
+    shapes = set()
+    for view in range(3):
+        features, labels = transfer.extract_features(trunk, folder, 56, augment=True,
+                                                     seed=view, batch=16)
+        assert len(features) == len(labels) == 24 and features.dtype == np.float16
+        shapes.add(features.shape)
+    assert len(shapes) == 1
+    transfer.extract_features(trunk, folder, 64, augment=False, batch=16)
+    assert transfer.inference(trunk) is transfer.inference(trunk)
+    assert transfer.inference(trunk).experimental_get_tracing_count() == 1

@@ -43,7 +43,7 @@ from keras_effnet.training.data import ImageFolder, view_dataset
 from keras_effnet.training.finetune import BLOCK_NAME
 
 __all__ = ["HEAD_ONLY", "TRANSFER", "BestWeights", "TransferRecipe", "extract_features",
-           "fit_transfer", "split_at", "trunk_end"]
+           "fit_transfer", "inference", "split_at", "trunk_end"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +112,28 @@ def split_at(model: keras.Model, end: str, input_shape: tuple | None = None):
         keras.Model(cut, model.outputs[0], name=f"{model.name}_top")
 
 
+def inference(model: keras.Model):
+    """`model` in inference mode as one compiled function for any batch and image size,
+    traced once per model (a new function per view, or a short last batch, would retrace)."""
+    import tensorflow as tf
+
+    compiled = model.__dict__.get(_INFERENCE)
+    if compiled is None:
+        spec = tf.TensorSpec((None, None, None, 3), tf.float32)
+        compiled = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        object.__setattr__(model, _INFERENCE, compiled)  # ours: not a tracked Keras attribute
+    return compiled
+
+
+_INFERENCE = "_keras_effnet_inference"
+
+
 def extract_features(trunk: keras.Model, folder: ImageFolder, size: int, *, augment: bool,
                      seed: int = 0, area_range=(0.25, 1.0), batch: int = 64,
                      progress=None) -> tuple[np.ndarray, np.ndarray]:
     """(float16 trunk outputs, labels) of every image of `folder`, one view each: a random
     crop when `augment`, else the evaluation centre crop; at `size` px."""
-    import tensorflow as tf
-
-    run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    run = inference(trunk)
     features, labels = [], []
     for images, onehot in view_dataset(folder, size, batch, augment=augment, seed=seed,
                                        area_range=area_range):
