@@ -55,6 +55,12 @@ def test_recipe_follows_the_weights():
         == 0.01
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         dataclasses.replace(config, recipe="fast").recipe_name()
+    # the paper recipe's settings are refused, not ignored, before any data is read
+    with pytest.raises(ValueError, match="--randaugment, --save_every_steps: settings of "
+                                         "--recipe paper"):
+        training.train(dataclasses.replace(config, randaugment=9, save_every_steps=10))
+    with pytest.raises(ValueError, match="--strategy mirrored needs --recipe paper"):
+        training.train(dataclasses.replace(config, strategy="mirrored"))
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,14 @@ def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
         raise ValueError("--unfreeze_blocks is for --recipe paper; the transfer recipe "
                          "trains the blocks after the stride-16 ones (or only the head "
                          "with --freeze_backbone)")
+    paper_only = {"--randaugment": config.randaugment, "--sync_batchnorm": config.sync_batchnorm,
+                  "--save_every_steps": config.save_every_steps,
+                  "--steps_per_epoch": config.steps_per_epoch}
+    given = [flag for flag, value in paper_only.items() if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: settings of --recipe paper; the transfer recipe "
+                         "(the default on ImageNet weights) has its own augmentation and "
+                         "trains each epoch on the whole folder")
     folder, val_folder, _ = _read_folders(config)
     if config.precision:
         paper.set_precision(config.precision)
