@@ -179,19 +179,29 @@ def load_labelled(folder: str | os.PathLike, size: int, class_names: list[str] |
     found, note = labelled_folder(root, class_names, classes)
     if note:
         warnings.warn(note, stacklevel=2)
-    images, labels, skipped = [], [], []
-    for path, label in zip(found.files, found.labels):
-        try:
-            images.append(load_image(path, size))
-            labels.append(label)
-        except ValueError:
-            skipped.append(Path(path).name)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: "
-                      f"{', '.join(skipped[:5])}", stacklevel=2)
+    images, labels, skipped = _read(found.files, found.labels, size)
+    _warn_skipped(skipped, root)
     if not images:
         raise ValueError(f"none of the images in {str(root)!r} could be read")
     return np.stack(images), np.asarray(labels)
+
+
+def _read(files, labels, size: int) -> tuple[list, list, list]:
+    """(images at `size`, their labels, the paths that could not be read)."""
+    images, kept, skipped = [], [], []
+    for path, label in zip(files, labels):
+        try:
+            images.append(load_image(path, size))
+            kept.append(label)
+        except ValueError:
+            skipped.append(path)
+    return images, kept, skipped
+
+
+def _warn_skipped(skipped: list, root) -> None:
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: "
+                      f"{', '.join(Path(p).name for p in skipped[:5])}", stacklevel=3)
 
 
 class _Runner:
@@ -332,14 +342,9 @@ def evaluate(model, data, *, runtime: str = "litert",
     predicted, truth, skipped = [], [], list(folder.skipped)
     bar = _progress(len(folder.files), progress, f"evaluating {Path(runner.name).name}")
     for start in range(0, len(folder.files), _CHUNK):
-        images, labels = [], []
-        for path, label in zip(folder.files[start:start + _CHUNK],
-                               folder.labels[start:start + _CHUNK]):
-            try:
-                images.append(load_image(path, size))
-                labels.append(label)
-            except ValueError:
-                skipped.append(path)
+        images, labels, unreadable = _read(folder.files[start:start + _CHUNK],
+                                           folder.labels[start:start + _CHUNK], size)
+        skipped += unreadable
         if images:
             predicted.append(runner.scores(np.stack(images), top))
             truth += labels
@@ -347,9 +352,7 @@ def evaluate(model, data, *, runtime: str = "litert",
     if not truth:
         raise ValueError(f"none of the {len(folder.files)} images in {folder.root!r} could be "
                          "read")
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {folder.root}: "
-                      f"{', '.join(Path(p).name for p in skipped[:5])}", stacklevel=2)
+    _warn_skipped(skipped, folder.root)
     ranked = np.concatenate(predicted)
     return _report(runner, folder, names, np.asarray(truth), ranked, skipped, note, plot)
 
