@@ -23,6 +23,7 @@ import keras
 
 from keras_effnet.files import atomic_output, is_remote, makedirs, write_json
 from keras_effnet.saving import save_model
+from keras_effnet.specs import get_variant
 from keras_effnet.training import checkpoint, transfer
 from keras_effnet.training import recipe as paper
 from keras_effnet.training.data import eval_dataset, scan_folder, split, train_dataset
@@ -114,7 +115,7 @@ class TrainConfig:
 
 def build_model(config: TrainConfig, classes: int) -> keras.Model:
     """The model to train: a file's model, or the variant with a `classes`-way head."""
-    from keras_effnet import EfficientNet, build, get_variant
+    from keras_effnet import EfficientNet, build
 
     weights = config.weights
     if weights and str(weights).endswith(".keras"):
@@ -194,7 +195,8 @@ def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
     model = build_model(dataclasses.replace(config, freeze_backbone=False),
                         folder.num_classes)
     summary = {
-        "model": model.name, "variant": _variant(config), "classes": folder.num_classes,
+        "model": model.name, "variant": get_variant(config.model).name,
+        "classes": folder.num_classes,
         "class_names": list(folder.class_names), "train_images": len(folder),
         "val_images": len(val_folder) if val_folder else 0,
         "skipped_files": len(folder.skipped), "image_size": model.inputs[0].shape[1],
@@ -208,8 +210,11 @@ def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
         model, folder, val_folder, epochs=config.epochs, batch=config.batch, seed=config.seed,
         recipe=config.transfer_recipe(), head_only=config.freeze_backbone,
         verbose=config.verbose))
-    if val_folder is not None:
-        summary["final_eval"] = {"accuracy": _accuracy(model, val_folder)}
+    if val_folder is not None:  # the whole model on the photos, as a user scores it
+        from keras_effnet.export.evaluate import evaluate
+
+        summary["final_eval"] = {
+            "accuracy": evaluate(model, val_folder, progress=False).accuracy}
     else:
         print("no validation data (--val_data or --val_split): the last epoch's weights "
               "are kept, not the best")
@@ -220,24 +225,6 @@ def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
 
 def _absolute(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
-
-
-def _variant(config: TrainConfig) -> str:
-    from keras_effnet import get_variant
-
-    return get_variant(config.model).name
-
-
-def _accuracy(model: keras.Model, folder) -> float:
-    """Top-1 of `model` on `folder`, centre crops at its size (as evaluate reads them)."""
-    import numpy as np
-
-    hits = total = 0
-    for images, onehot in eval_dataset(folder, model.inputs[0].shape[1], 64):
-        predicted = np.argmax(model.predict_on_batch(images), axis=1)
-        hits += int(np.sum(predicted == np.argmax(onehot.numpy(), axis=1)))
-        total += len(predicted)
-    return hits / total
 
 
 def _read_folders(config: TrainConfig):
@@ -286,7 +273,7 @@ def _build_and_restore(config: TrainConfig, strategy, classes: int, steps_per_ep
 
 
 def _run_summary(config: TrainConfig, model, folder, strategy, state) -> dict:
-    from keras_effnet import get_variant, profile
+    from keras_effnet import profile
 
     report = profile(model)
     return {
@@ -346,9 +333,8 @@ def _save(config: TrainConfig, model, summary: dict) -> None:
     if chief:
         makedirs(config.out)
         summary["model_path"] = f"{config.out}/model.keras"
-        data = {"train": summary.get("train_data") or _absolute(config.data),
-                "val": summary.get("val_data") or (_absolute(config.val_data)
-                                                   if config.val_data else None)}
+        data = {"train": _absolute(config.data),
+                "val": _absolute(config.val_data) if config.val_data else None}
         save_model(model, summary["model_path"], class_names=model.class_names,
                    training_data=data)
         write_json(f"{config.out}/summary.json", summary)
