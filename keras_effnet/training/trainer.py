@@ -213,8 +213,8 @@ def _train_transfer(config: TrainConfig) -> tuple[keras.Model, dict]:
     if val_folder is not None:  # the whole model on the photos, as a user scores it
         from keras_effnet.export.evaluate import evaluate
 
-        summary["final_eval"] = {
-            "accuracy": evaluate(model, val_folder, progress=False).accuracy}
+        summary["final_eval"] = {"accuracy": evaluate(
+            model, val_folder, class_names=folder.class_names, progress=False).accuracy}
     else:
         print("no validation data (--val_data or --val_split): the last epoch's weights "
               "are kept, not the best")
