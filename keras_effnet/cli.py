@@ -1,41 +1,27 @@
 """The `keras-effnet` command (absl flags).
 
-    keras-effnet info b4                  variant, resolution, params, MACs, blocks
-    keras-effnet info --phi 2.5           the same for any compound coefficient
-    keras-effnet classify [IMAGE ...]     top-5 classes of scikit-image's chelsea
-                                          and coffee, and of any images given
-    keras-effnet classify --tflite F      the same through MediaPipe Tasks (Android's
-                                          runtime) reading an exported .tflite
-    keras-effnet export --out DIR         SavedModel + every TFLite mode + Edge TPU,
-                                          each verified against the Keras model and in
-                                          MediaPipe and LiteRT's CompiledModel
-    keras-effnet export --target android  only what a target takes (android, coral,
-                                          server, all); --model FILE.keras exports a
-                                          trained model with its class names
-    keras-effnet evaluate --model M --data DIR
-                                          top-1/top-5, per-class precision and recall of a
-                                          .keras, SavedModel or .tflite on labelled photos
-                                          (--runtime mediapipe, --json, --plot cm.png)
-    keras-effnet cam IMAGE --out cam.png  Grad-CAM heatmap over the photo, top class
-                                          in the title ("chelsea"/"coffee": scikit-image's)
-    keras-effnet train --data DIR --out DIR   the paper's recipe under tf.distribute;
-                                          run again after a crash to resume
-    keras-effnet search --data DIR --out DIR  alpha/beta/gamma grid search (paper step 1)
-    keras-effnet convert CKPT --model b3 --out b3.weights.h5
-                                          a tensorflow/tpu checkpoint (folder or prefix) as
-                                          Keras weights (moving averages, as tpu evaluates)
+    keras-effnet --help                   the commands, one line each (`_COMMANDS`)
+    keras-effnet COMMAND --help           that command's flags, with their defaults
+    keras-effnet train --model lite0 --data train/ --val_data val/ --out run --epochs 10
+
+A flag belongs to the commands its help names in backquotes (`train`), or to all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import sys
+import textwrap
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+_THEIRS = frozenset(FLAGS)  # absl's own; ours are those defined below
 flags.DEFINE_string("model", "lite0", "variant for `classify`/`export`/`evaluate`/`convert` "
                     "(b0-b8, l2, lite0-4, edgetpu-s/m/l), or for `export` a .keras file "
                     "(keras-effnet train's model); `evaluate` also a SavedModel or a .tflite")
@@ -90,7 +76,8 @@ flags.DEFINE_float("learning_rate", None, "`train`: peak learning rate (default:
 flags.DEFINE_enum("recipe", "auto", ["auto", "transfer", "paper"], "`train`: transfer (a new "
                   "head on pretrained weights: the frozen trunk's features computed once, "
                   "the top fine-tuned on them, the best validation epoch kept), paper (the "
-                  "ImageNet recipe), or auto: transfer with --weights imagenet, else paper")
+                  "ImageNet recipe), or auto: transfer with --weights imagenet or a .h5 weight "
+                  "file, else paper")
 flags.DEFINE_float("warmup_epochs", None, "`train`: linear warm-up epochs (default: the "
                    "recipe's; paper 5, transfer 0.5)")
 flags.DEFINE_boolean("ema", True, "`train`: keep a weight average (0.9999) for eval and export")
@@ -117,8 +104,7 @@ flags.DEFINE_float("grid_max", 1.4, "`search`: largest alpha, beta, gamma on the
 flags.DEFINE_float("tolerance", 0.1, "`search`: how far alpha*beta^2*gamma^2 may be from 2")
 flags.DEFINE_integer("max_candidates", None, "`search`: train only the N candidates closest "
                      "to the FLOPs target")
-
-_USAGE = __doc__
+_OURS = frozenset(FLAGS) - _THEIRS  # every flag defined above (imports add TensorFlow's later)
 
 
 def _info(args: list[str]) -> int:
@@ -206,20 +192,15 @@ def _classify_mediapipe(path: str, images: dict) -> int:
 
 
 def _photos(paths: list[str]) -> dict:
-    """scikit-image's chelsea and coffee (when installed) and the files given."""
-    images = {}
+    """The files given, or when none scikit-image's chelsea and coffee (when installed)."""
+    if paths:
+        return {path: path for path in paths}
     try:
         import skimage.data
-
-        images["skimage:chelsea"] = skimage.data.chelsea()
-        images["skimage:coffee"] = skimage.data.coffee()
     except ImportError:
-        print("scikit-image is not installed: classifying only the images given", file=sys.stderr)
-    for path in paths:
-        images[path] = path
-    if not images:
-        raise app.UsageError("no images: pip install scikit-image, or pass image paths")
-    return images
+        raise app.UsageError("no images given: pass image paths (or pip install scikit-image "
+                             "for its sample photos)") from None
+    return {"skimage:chelsea": skimage.data.chelsea(), "skimage:coffee": skimage.data.coffee()}
 
 
 def _export(args: list[str]) -> int:
@@ -234,6 +215,7 @@ def _export(args: list[str]) -> int:
         export_all,
         target_formats,
     )
+    from keras_effnet.export.se import check_se
 
     if args:
         raise app.UsageError(f"export takes flags only, got {args}")
@@ -253,6 +235,7 @@ def _export(args: list[str]) -> int:
         size = variant.resolution
         title = f"{variant.constructor_name}, weights={weights}"
     labels = class_names_for(model, FLAGS.labels)  # bad labels fail before any work
+    check_se(model, FLAGS.se)  # as does an SE strategy for a model without SE blocks
     # a fine-tuned model is verified on the labelled photos it was validated on, when known
     eval_sets = dict(default_eval_sets(model, size, labels))
     for folder in FLAGS.images:  # class folders or ImageNet names: labelled, as evaluate reads
@@ -413,9 +396,80 @@ def _convert(args: list[str]) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "classify": _classify, "export": _export, "evaluate": _evaluate,
-             "cam": _cam,
-             "train": _train, "search": _search, "convert": _convert}
+@dataclasses.dataclass(frozen=True)
+class Command:
+    run: Callable[[list[str]], int]
+    usage: str  # after `keras-effnet `
+    summary: str  # one line for `keras-effnet --help`
+
+
+_COMMANDS = {
+    "info": Command(_info, "info VARIANT | info --phi X",
+                    "variant, resolution, params, MACs, blocks (--stages: the stage table)"),
+    "classify": Command(_classify, "classify [IMAGE ...]",
+                        "top classes of photos (none given: scikit-image's chelsea and coffee); "
+                        "--tflite F runs an exported file in MediaPipe"),
+    "export": Command(_export, "export --out DIR",
+                      "SavedModel, TFLite modes, Edge TPU, each verified; --target android|"
+                      "coral|server|all; --model FILE.keras for a trained model"),
+    "evaluate": Command(_evaluate, "evaluate --model M --data DIR",
+                        "top-1/top-5, per-class precision and recall of a .keras, SavedModel or "
+                        ".tflite on labelled photos"),
+    "cam": Command(_cam, "cam IMAGE --out cam.png", "Grad-CAM heatmap over a photo"),
+    "train": Command(_train, "train --data DIR --out DIR",
+                     "fine-tune on a folder of photos (or the paper's recipe under "
+                     "tf.distribute); run again to resume"),
+    "search": Command(_search, "search --data DIR --out DIR",
+                      "alpha/beta/gamma grid search (the paper's step 1)"),
+    "convert": Command(_convert, "convert CKPT --model b3 --out b3.weights.h5",
+                       "a tensorflow/tpu checkpoint as Keras weights"),
+}
+_GENERAL = "every command"  # a flag whose help names no command
+_HELP = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def flag_commands(name: str) -> tuple[str, ...]:
+    """The commands a flag is for: those its help names in backquotes (`train`), or all."""
+    named = tuple(c for c in _COMMANDS if f"`{c}`" in (FLAGS[name].help or ""))
+    return named or tuple(_COMMANDS)
+
+
+def _own_flags() -> list[str]:
+    return sorted(name for name in _OURS if FLAGS[name].name == name)  # not short names
+
+
+def help_text(command: str | None = None) -> str:
+    """`keras-effnet --help` (the commands, one line each) or `keras-effnet COMMAND
+    --help` (its usage and its flags with their defaults)."""
+    if command is None:
+        width = max(map(len, _COMMANDS)) + 2
+        lines = ["usage: keras-effnet COMMAND [flags]", "", "commands:"]
+        lines += [f"  {name:<{width}}{c.summary}" for name, c in _COMMANDS.items()]
+        lines += ["", ("keras-effnet COMMAND --help lists that command's flags; --helpfull "
+                       "every flag, TensorFlow's included")]
+        return "\n".join(lines)
+    if command not in _COMMANDS:
+        raise app.UsageError(_unknown_command(command))
+    lines = [f"usage: keras-effnet {_COMMANDS[command].usage} [flags]", "",
+             *textwrap.wrap(_COMMANDS[command].summary, 96), "", "flags:"]
+    for name in _own_flags():
+        if command not in flag_commands(name):
+            continue
+        flag = FLAGS[name]
+        default = "none" if flag.default is None else flag.default_as_str.strip("'")
+        text = re.sub(r"^(`\w+`/?)+:? ", "", " ".join(flag.help.split()))  # names: above
+        lines += textwrap.wrap(f"--{name}: {text} (default: {default})", 96,
+                               initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def _unknown_command(command: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(command, list(_COMMANDS), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return (f"unknown command {command!r}{hint} Commands: {', '.join(_COMMANDS)} "
+            "(keras-effnet --help says what each does)")
 
 
 def main(argv: list[str]) -> int:
@@ -428,9 +482,11 @@ def main(argv: list[str]) -> int:
     if not FLAGS.verbose:
         start_quiet()  # already on when started as `keras-effnet` (see keras_effnet.console)
     try:
-        if len(argv) < 2 or argv[1] not in _COMMANDS:
-            raise app.UsageError(f"expected a command: {', '.join(_COMMANDS)}\n{_USAGE}")
-        code = _COMMANDS[argv[1]](argv[2:])
+        if len(argv) < 2:
+            raise app.UsageError(f"expected a command\n{help_text()}")
+        if argv[1] not in _COMMANDS:
+            raise app.UsageError(_unknown_command(argv[1]))
+        code = _COMMANDS[argv[1]].run(argv[2:])
     except (ValueError, FileExistsError, OSError, app.UsageError):
         stop_quiet()  # bad input: one line each (below, or absl's usage message)
         raise
@@ -457,8 +513,17 @@ def _main(argv: list[str]) -> int:
         return 1
 
 
-def run() -> None:
-    app.run(_main)
+def run(argv: list[str] | None = None) -> None:
+    argv = sys.argv if argv is None else argv
+    if any(arg in _HELP for arg in argv[1:]):  # absl's own --help lists no flag of ours
+        command = next((arg for arg in argv[1:] if not arg.startswith("-")), None)
+        try:
+            print(help_text(command))
+        except app.UsageError as exc:
+            print(f"keras-effnet: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,32 @@ def test_info_phi_and_errors():
     assert bad.returncode == 2 and "unknown EfficientNet variant 'b9'" in bad.stderr
     assert "Traceback" not in bad.stderr
     none = _cli("frobnicate")
-    assert none.returncode != 0 and "expected a command" in none.stderr
+    assert none.returncode != 0 and "unknown command 'frobnicate'" in none.stderr
+    close = _cli("trian")
+    assert close.returncode != 0 and "did you mean train?" in close.stderr
+    assert "expected a command" in _cli().stderr
+
+
+def test_help_lists_commands_and_each_commands_own_flags():
+    """absl's --help printed two generic lines; ours name the commands, and a command's
+    --help its own flags with their defaults, not every command's."""
+    top = _cli("--help")
+    assert top.returncode == 0, top.stderr[-2000:]
+    for command in ("info", "classify", "export", "evaluate", "cam", "train", "search",
+                    "convert"):
+        assert f"\n  {command} " in top.stdout, command
+    train = _cli("train", "--help")
+    assert train.returncode == 0
+    assert "--data:" in train.stdout and "--epochs: epochs (default: 1)" in train.stdout
+    assert "--formats" not in train.stdout and "--grid_step" not in train.stdout
+    assert "--weights:" in train.stdout  # a flag for every command
+    export = _cli("export", "-h")
+    assert "--formats:" in export.stdout and "--epochs" not in export.stdout
+    assert "(default: keep)" in export.stdout  # --se
+    wrong = _cli("exprot", "--help")
+    assert wrong.returncode == 2 and "did you mean export?" in wrong.stderr
+    flag = _cli("train", "--epoch", "3")
+    assert flag.returncode != 0 and "Did you mean: epochs" in flag.stderr
 
 
 def test_classify_photos_and_paths(tmp_path, skimage_photos):
@@ -41,8 +66,12 @@ def test_classify_photos_and_paths(tmp_path, skimage_photos):
     out = _cli("classify", str(path))
     assert out.returncode == 0, out.stderr[-2000:]
     sections = out.stdout.split("\n\n")
-    assert "tiger_cat" in sections[1].splitlines()[1] or "Egyptian_cat" in sections[1]
-    assert sections[3].startswith(str(path)) and "espresso" in sections[3].splitlines()[1]
+    # the photos given, and only those (a flower model was shown chelsea too)
+    assert len(sections) == 2 and "skimage" not in out.stdout
+    assert sections[1].startswith(str(path)) and "espresso" in sections[1].splitlines()[1]
+    samples = _cli("classify").stdout.split("\n\n")
+    assert samples[1].startswith("skimage:chelsea") and samples[2].startswith("skimage:coffee")
+    assert "tiger_cat" in samples[1].splitlines()[1] or "Egyptian_cat" in samples[1]
 
 
 _NATIVE_NOISE = ("I0000", "E0000", "W0000", "oneDNN", "absl::InitializeLog", "cuInit",
