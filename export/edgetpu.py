@@ -29,7 +29,8 @@ import numpy as np
 from keras_effnet.export.data import representative_images
 from keras_effnet.export.flatbuffer import OpInfo, read_model
 from keras_effnet.export.metadata import class_names_for, model_metadata
-from keras_effnet.export.tflite import convert, input_size, parse_se
+from keras_effnet.export.se import check_se
+from keras_effnet.export.tflite import convert, input_size
 from keras_effnet.files import check_destination, write_bytes
 
 __all__ = [
@@ -364,7 +365,7 @@ def to_edgetpu(model, path: str | os.PathLike, representative_data, se="keep", *
     if batch_size != 1:
         raise ValueError(f"the Edge TPU needs a static batch of 1, got batch_size={batch_size!r}: "
                          "dynamic or larger batches do not compile")
-    parse_se(se)
+    check_se(model, se)
     path = check_destination(path, overwrite)
     height, width = input_size(model, image_size)
     names = class_names_for(model, labels) if metadata else None

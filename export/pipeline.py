@@ -25,7 +25,7 @@ from keras_effnet.export.edgetpu import to_edgetpu
 from keras_effnet.export.metadata import check_image_classifier, class_names_for
 from keras_effnet.export.onnx import to_onnx
 from keras_effnet.export.saved_model import export_saved_model
-from keras_effnet.export.se import parse_se
+from keras_effnet.export.se import check_se
 from keras_effnet.export.tflite import MODES, input_size, to_tflite
 from keras_effnet.export.verify import format_runtime_table, format_table, keras_outputs, verify
 from keras_effnet.files import write_json
@@ -129,17 +129,17 @@ def export_all(model, out_dir: str | os.PathLike, formats=FORMATS, se: str = "ke
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}: expected some of "
                          f"{', '.join(FORMATS + OPTIONAL_FORMATS)}")
-    parse_se(se)
+    check_se(model, se)
     if target == "android":
         check_image_classifier(model)
     names = class_names_for(model, labels)
     out_dir = os.fspath(out_dir)
+    for fmt in formats:  # refuse before anything is written, not after the first files
+        files.check_destination(os.path.join(out_dir, artifact_name(model.name, fmt, se)),
+                                overwrite)
     if not files.is_remote(out_dir):
         return _export_to(model, Path(out_dir), formats, se, calibration, eval_sets, overwrite,
                           runs, progress, log, target, names, publish=None)
-    for fmt in formats:  # refuse before minutes of work, as local exports do
-        files.check_destination(os.path.join(out_dir, artifact_name(model.name, fmt, se)),
-                                overwrite)
     with tempfile.TemporaryDirectory(prefix="keras-effnet-export-") as stage:
         return _export_to(model, Path(stage), formats, se, calibration, eval_sets, overwrite,
                           runs, progress, log, target, names, publish=out_dir)

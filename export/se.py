@@ -30,6 +30,7 @@ __all__ = [
     "EdgeHardSwish",
     "SEBlock",
     "apply_se_strategy",
+    "check_se",
     "find_se_blocks",
     "parse_se",
 ]
@@ -61,6 +62,17 @@ def parse_se(se) -> tuple[str, ...]:
         raise ValueError(f"se={se!r}: 'remove' drops SE, so it combines only with 'hard'")
     if "keep" in parts and len(parts) > 1:
         parts = tuple(p for p in parts if p != "keep")
+    return parts
+
+
+def check_se(model: keras.Model, se) -> tuple[str, ...]:
+    """`parse_se(se)`, and a clear error when the strategy changes SE blocks (pool,
+    remove) that `model` does not have: called by every writer before it writes."""
+    parts = parse_se(se)
+    if {"pool", "remove"} & set(parts) and not find_se_blocks(model):
+        raise ValueError(f"se={se!r}: {model.name} has no squeeze-excitation blocks (a "
+                         "Multiply gated by a GlobalAveragePooling2D of its input) to change; "
+                         "the Lite variants have none: leave se at 'keep' for them")
     return parts
 
 
@@ -137,13 +149,10 @@ def apply_se_strategy(model: keras.Model, se="keep") -> keras.Model:
     """A new model with the SE strategy applied (the same model for keep/float).
     Hard swish is written as `EdgeHardSwish`, hard sigmoid as keras' hard_sigmoid
     (which converts to ops the Edge TPU maps)."""
-    parts = parse_se(se)
+    parts = check_se(model, se)
     if not {"hard", "pool", "remove"} & set(parts):
         return model
     blocks = find_se_blocks(model)
-    if not blocks and {"pool", "remove"} & set(parts):
-        raise ValueError(f"se={se!r}: {model.name} has no squeeze-excitation blocks "
-                         "(a Multiply gated by a GlobalAveragePooling2D of its input) to change")
     rewrite = _SERewrite(parts, blocks)
     new = graph.rebuild(model, call=rewrite.call, replace=rewrite.clone, recursive=True)
     for layer in graph.layers(new, nested="leaves"):

@@ -38,7 +38,7 @@ from keras_effnet.export.preprocess import (
     space_to_depth_stem,
     without_preprocessing,
 )
-from keras_effnet.export.se import apply_se_strategy, find_se_blocks, parse_se
+from keras_effnet.export.se import apply_se_strategy, check_se, find_se_blocks, parse_se
 from keras_effnet.files import check_destination, write_bytes
 
 __all__ = ["MODES", "QUANTIZED_MODES", "convert", "input_size", "to_tflite"]
@@ -202,7 +202,7 @@ def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representat
         metadata: write the metadata (needs MediaPipe, the `android` extra).
     """
     check_mode(mode)
-    parse_se(se)
+    check_se(model, se)
     path = check_destination(path, overwrite)
     height, width = input_size(model, image_size)
     names = class_names_for(model, labels) if metadata else None

@@ -18,6 +18,7 @@ from conftest import REPO, photo_model
 import keras_effnet as ke
 from keras_effnet import export as kx
 from keras_effnet.export.data import calibration_views
+from keras_effnet.export.pipeline import artifact_name
 from keras_effnet.export.preprocess import fold_preprocessing, space_to_depth_stem
 from keras_effnet.export.tflite import convert
 from keras_effnet.layers import BatchNormalization as FusedBatchNormalization
@@ -105,6 +106,33 @@ def test_unknown_or_inapplicable_se_strategy_is_a_clear_error(small, tmp_path):
     with pytest.raises(ValueError, match="not integer"):
         kx.to_tflite(small, tmp_path / "a.tflite", "float32", se="float")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_checks_every_argument_before_writing(small, tmp_path):
+    """The README's Export block once wrote three files, then failed on se='hard+pool' for
+    Lite0 (no SE blocks); a rerun then hit FileExistsError. Every writer, export_all and
+    the CLI refuse before anything is written."""
+    lite = ke.EfficientNet(phi=-4, base="lite0", weights=None, input_shape=(32, 32, 3))
+    for call in (lambda: kx.to_tflite(lite, tmp_path / "a.tflite", "uint8", se="hard+pool"),
+                 lambda: kx.to_edgetpu(lite, tmp_path / "b.tflite", None, se="hard+pool"),
+                 lambda: kx.export_all(lite, tmp_path / "all", ["float32", "uint8"],
+                                       se="pool")):
+        with pytest.raises(ValueError, match="has no squeeze-excitation blocks"):
+            call()
+    assert not list(tmp_path.iterdir())
+    # an artifact that exists (not the first to be written): nothing new either
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / artifact_name(small.name, "float16")).write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="already exists"):
+        kx.export_all(small, out, ["float32", "float16"], runs=0)
+    assert [p.name for p in out.iterdir()] == [artifact_name(small.name, "float16")]
+    assert (out / artifact_name(small.name, "float16")).read_bytes() == b"mine"
+    cli = subprocess.run([sys.executable, "-m", "keras_effnet.cli", "export", "--weights",
+                          "none", "--se", "hard+pool", "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "has no squeeze-excitation blocks" in cli.stderr
+    assert "Traceback" not in cli.stderr and not (tmp_path / "cli").exists()
 
 
 def test_fold_preprocessing_is_the_same_function():
