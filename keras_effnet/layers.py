@@ -8,7 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["BatchNormalization", "DepthwiseConv2D", "Normalization", "xla_on_cpu"]
+__all__ = ["BatchNormalization", "DepthwiseConv2D", "Normalization", "fast_twin", "plain_twin",
+           "xla_on_cpu"]
 
 
 @keras.saving.register_keras_serializable(package="keras_effnet")
@@ -232,3 +233,35 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's SAME: the output has ceil(size / stride) positions."""
     total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def plain_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list] | None:
+    """(Keras' own layer computing what `layer` computes, the weights it takes) for one of
+    ours, else None: what a file loads with in plain Keras (keras_effnet.saving). The
+    stem's `Normalization` becomes Keras' adapt-style Normalization holding the mean and
+    variance (std squared) of our configuration as its weights."""
+    config = layer.get_config()
+    if type(layer) is Normalization:
+        mean = np.array(layer.mean, np.float32)
+        variance = np.square(np.array(layer.std, np.float32))
+        twin = keras.layers.Normalization(axis=layer.axis, name=layer.name,
+                                          dtype=layer.dtype_policy)
+        return twin, [mean, variance, np.array(0, np.int64)]
+    for ours in (BatchNormalization, DepthwiseConv2D):  # same config and weights as Keras'
+        if type(layer) is ours:
+            return ours.__mro__[1].from_config(config), layer.get_weights()
+    return None
+
+
+def fast_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list] | None:
+    """The inverse of `plain_twin`: our layer for a Keras layer that `plain_twin` made."""
+    config = layer.get_config()
+    if type(layer) is keras.layers.Normalization:
+        mean, variance = (np.asarray(w, np.float64) for w in layer.get_weights()[:2])
+        twin = Normalization(mean.tolist(), np.sqrt(variance).tolist(), axis=layer.axis[0],
+                             name=layer.name, dtype=layer.dtype_policy)
+        return twin, None  # our statistics are the configuration; weights as built
+    for ours in (BatchNormalization, DepthwiseConv2D):
+        if type(layer) is ours.__mro__[1]:
+            return ours.from_config(config), layer.get_weights()
+    return None

@@ -10,6 +10,13 @@ class_names.json`, which Keras' loader leaves alone), so a model file moved on i
 still names its classes when it is exported; `labels.txt` beside it is for people.
 `keras-effnet train` saves through here and `keras-effnet export --model FILE.keras`
 loads through here.
+
+A file written here loads in plain Keras, without keras_effnet installed: our layers
+(the stem's Normalization, the fused BatchNormalization, the XLA-friendly
+DepthwiseConv2D) are saved as Keras' own, which compute the same function
+(`keras_effnet.layers.plain_twin`), and `load_model` here puts ours back, so a model
+loaded through keras_effnet keeps their speed. The file holds the weights, not a
+compiled optimizer (training state lives in the run's checkpoints).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import zipfile
 
 from keras_effnet.files import exists, is_remote, read_bytes, write_bytes, write_text
 
-__all__ = ["CLASS_NAMES_MEMBER", "TRAINING_DATA_MEMBER", "class_names_in", "load_model",
-           "save_model", "training_data_in"]
+__all__ = ["CLASS_NAMES_MEMBER", "PLAIN_LAYERS_MEMBER", "TRAINING_DATA_MEMBER", "class_names_in",
+           "load_model", "plain_keras", "save_model", "training_data_in", "with_fast_layers"]
 
 CLASS_NAMES_MEMBER = "keras_effnet/class_names.json"
 TRAINING_DATA_MEMBER = "keras_effnet/training_data.json"
+PLAIN_LAYERS_MEMBER = "keras_effnet/plain_layers.json"  # our layers saved as Keras' own
 
 
 def save_model(model, path: str | os.PathLike, class_names=None, *,
@@ -42,20 +50,61 @@ def save_model(model, path: str | os.PathLike, class_names=None, *,
         raise ValueError(f"expected a path ending in .keras, got {path!r}")
     classes = model.output_shape[-1]
     names = None if class_names is None else check_labels(class_names, classes, "class_names")
+    plain, swapped = plain_keras(model)
     with tempfile.TemporaryDirectory(prefix="keras_effnet_save_") as folder:
         local = os.path.join(folder, "model.keras")
-        model.save(local)
-        if names is not None or training_data:
-            with zipfile.ZipFile(local, "a") as archive:
-                if names is not None:
-                    archive.writestr(CLASS_NAMES_MEMBER, json.dumps(names))
-                if training_data:
-                    archive.writestr(TRAINING_DATA_MEMBER, json.dumps(training_data))
+        plain.save(local)
+        with zipfile.ZipFile(local, "a") as archive:
+            archive.writestr(PLAIN_LAYERS_MEMBER, json.dumps(swapped))
+            if names is not None:
+                archive.writestr(CLASS_NAMES_MEMBER, json.dumps(names))
+            if training_data:
+                archive.writestr(TRAINING_DATA_MEMBER, json.dumps(training_data))
         with open(local, "rb") as handle:
             write_bytes(path, handle.read())
     if names is not None and labels_file:
         write_text(os.path.join(os.path.dirname(path), LABELS_FILE), "\n".join(names) + "\n")
     return path
+
+
+def _swap(model, twin) -> tuple:
+    """`model` rebuilt with `twin(layer)`'s replacements (weights copied), and their names."""
+    from keras_effnet import graph
+
+    pending: dict = {}
+
+    def replace(layer):
+        found = twin(layer)
+        if found is None:
+            return layer
+        pending[id(found[0])] = found
+        return found[0]
+
+    if not any(twin(layer) for layer in graph.layers(model, nested="leaves")):
+        return model, []
+    new = graph.rebuild(model, replace=replace, recursive=True)
+    for layer, weights in pending.values():
+        if weights is not None:
+            layer.set_weights(weights)
+    return new, sorted(layer.name for layer, _ in pending.values())
+
+
+def plain_keras(model):
+    """(`model` with Keras' own layers in place of ours, the names of those layers): the
+    same function, loadable by Keras alone. `model` itself is not changed."""
+    from keras_effnet.layers import plain_twin
+
+    return _swap(model, plain_twin)
+
+
+def with_fast_layers(model, names=None):
+    """`model` with our layers back in place of the Keras ones `plain_keras` put there
+    (`names`: those layers; default: every one that has a twin)."""
+    from keras_effnet.layers import fast_twin
+
+    chosen = None if names is None else set(names)
+    return _swap(model, lambda layer: fast_twin(layer)
+                 if chosen is None or layer.name in chosen else None)[0]
 
 
 def _archive(path) -> io.BytesIO:
@@ -78,18 +127,21 @@ def training_data_in(path: str | os.PathLike) -> dict | None:
     return _training_data(_archive(path))
 
 
-def _training_data(data: io.BytesIO) -> dict | None:
+def _member(data: io.BytesIO, name: str):
     with zipfile.ZipFile(data) as archive:
-        if TRAINING_DATA_MEMBER not in archive.namelist():
+        if name not in archive.namelist():
             return None
-        return json.loads(archive.read(TRAINING_DATA_MEMBER))
+        return json.loads(archive.read(name))
+
+
+def _training_data(data: io.BytesIO) -> dict | None:
+    return _member(data, TRAINING_DATA_MEMBER)
 
 
 def _class_names(data: io.BytesIO, path) -> tuple[str, ...] | None:
-    with zipfile.ZipFile(data) as archive:
-        if CLASS_NAMES_MEMBER not in archive.namelist():
-            return None
-        names = json.loads(archive.read(CLASS_NAMES_MEMBER))
+    names = _member(data, CLASS_NAMES_MEMBER)
+    if names is None:
+        return None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: {CLASS_NAMES_MEMBER} is not a list of class names")
     return tuple(names)
@@ -112,6 +164,9 @@ def load_model(path: str | os.PathLike, **kwargs):
             model = keras.saving.load_model(local, **kwargs)
     else:
         model = keras.saving.load_model(os.fspath(path), **kwargs)
+    swapped = _member(data, PLAIN_LAYERS_MEMBER)
+    if swapped:
+        model = with_fast_layers(model, swapped)
     model.class_names = _class_names(data, path)
     model.training_data = _training_data(data)
     return model

@@ -2,6 +2,9 @@
 
 import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -114,3 +117,28 @@ def photo_batch(photos, size):
     import keras_effnet as ke
 
     return np.stack([ke.load_image(p, size) for p in photos.values()])
+
+
+def assert_loads_in_plain_keras(path, model, tmp_path) -> None:
+    """`path` loads in a fresh interpreter that never imports keras_effnet, and computes
+    what `model` (loaded through keras_effnet: our layers, the class names) computes."""
+    from keras_effnet.layers import BatchNormalization
+
+    assert isinstance(model.get_layer("stem_bn"), BatchNormalization)  # ours, back in
+    images = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype(
+        np.float32)
+    np.save(tmp_path / "images.npy", images)
+    code = textwrap.dedent(f"""
+        import sys
+        import keras, numpy as np
+        model = keras.saving.load_model({str(path)!r})
+        assert not [m for m in sys.modules if m.startswith("keras_effnet")]
+        np.save({str(tmp_path / "plain.npy")!r},
+                model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = np.load(tmp_path / "plain.npy")
+    np.testing.assert_allclose(plain, model.predict(images, verbose=0), atol=1e-5, rtol=0)
+

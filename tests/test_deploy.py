@@ -12,7 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, photo_model
+from conftest import REPO, assert_loads_in_plain_keras, photo_model
 
 import keras_effnet as ke
 from keras_effnet import export as kx
@@ -21,6 +21,7 @@ from keras_effnet.export.data import calibration_views
 from keras_effnet.export.saved_model import decode_and_crop
 from keras_effnet.export.tflite import convert
 from keras_effnet.saving import class_names_in, load_model, save_model
+from keras_effnet.training import classifier
 
 pytest.importorskip("mediapipe", reason="the android extra (MediaPipe) is not installed")
 
@@ -358,6 +359,28 @@ def test_saved_model_file_keeps_its_class_names(tmp_path):
     with pytest.raises(ValueError, match="has 2 class names but the model has 3"):
         save_model(model, tmp_path / "n.keras", NAMES[:2])
     assert not (tmp_path / "n.keras").exists()
+
+
+def test_saved_model_file_loads_in_plain_keras(tmp_path):
+    """save_model writes our layers as Keras' own (Normalization, BatchNormalization,
+    DepthwiseConv2D): plain Keras loads the file (it raised "Could not locate class
+    'Normalization'"), and load_model puts ours back with the class names."""
+    model = classifier("lite0", 3, weights=None, image_size=64)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # not the initial weights: moving statistics, a live head
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([w + rng.uniform(0.1, 0.5, w.shape).astype(w.dtype)
+                               for w in layer.get_weights()])
+    head = model.get_layer("predictions")
+    head.set_weights([rng.normal(0, 0.1, w.shape).astype(w.dtype) for w in head.get_weights()])
+    path = save_model(model, tmp_path / "m.keras", class_names=["a", "b", "c"])
+    loaded = load_model(path)
+    assert loaded.class_names == ("a", "b", "c")
+    assert isinstance(loaded.get_layer("normalization"), ke.layers.Normalization)
+    images = rng.uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-5, rtol=0)
+    assert_loads_in_plain_keras(path, loaded, tmp_path)
 
 
 # train, export and classify through the CLI, three processes: make test-all; make test

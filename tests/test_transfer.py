@@ -8,6 +8,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import assert_loads_in_plain_keras
 
 from keras_effnet import training
 from keras_effnet.export.pipeline import default_calibration, trained_on
@@ -129,6 +130,7 @@ def test_train_records_its_photos_for_calibration(lite0_weights, class_folder, t
     assert summary["recipe"] == "transfer" and summary["final_eval"]["accuracy"] >= 0.5
     model = load_model(tmp_path / "run" / "model.keras")
     assert trained_on(model) == {"train": str(class_folder)}
+    assert_loads_in_plain_keras(tmp_path / "run" / "model.keras", model, tmp_path)
     calibration = default_calibration(model, 64)  # 24 photos: expanded with random crops
     assert calibration.shape == (100, 64, 64, 3)
     model.training_data = None
@@ -152,3 +154,4 @@ def test_the_trunk_is_traced_once_for_every_view(class_folder):
     transfer.extract_features(trunk, folder, 64, augment=False, batch=16)
     assert transfer.inference(trunk) is transfer.inference(trunk)
     assert transfer.inference(trunk).experimental_get_tracing_count() == 1
+
