@@ -108,18 +108,15 @@ def _b0_qat(model, x, y, reference, names, folder) -> dict:
     distillation, KL divergence) on random crops of the calibration photos, written as
     uint8 with metadata and verified like the other artifacts."""
     import b0_proxy
-    import tf_keras
 
     from keras_effnet.export import calibration_views, verify
-    from keras_effnet.export.qat import qat_to_tflite, quantize_aware
+    from keras_effnet.export.qat import distil_from_float, qat_to_tflite, quantize_aware
 
     sources = b0_proxy.photo_sources()
     size = model.input_shape[1]
     qat = quantize_aware(model, calibration=calibration_views(sources, size, 100, seed=1))
     crops = calibration_views(sources, size, FLAGS.qat_crops, seed=7)
-    targets = model.predict(crops, batch_size=16, verbose=0)
-    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-5), loss=tf_keras.losses.KLDivergence())
-    qat.fit(crops, targets, epochs=FLAGS.qat_epochs, batch_size=16, verbose=0)
+    distil_from_float(qat, model, crops, epochs=FLAGS.qat_epochs)
     path = qat_to_tflite(qat, pathlib.Path(folder) / "b0_qat_uint8.tflite", "uint8",
                          labels=names)
     result = verify(path, model, x, y, runs=0, reference=reference,

@@ -14,7 +14,8 @@ stem). So `quantize_aware`:
    swish/sigmoid/hard_sigmoid;
 4. applies tfmot's quantize_apply.
 
-Fine-tune the returned tf_keras model with `compile`/`fit`, then
+Fine-tune the returned tf_keras model (`distil_from_float` fits it to the float model's
+outputs on your photos; or `compile`/`fit` it yourself with tf_keras' optimizers), then
 `qat_to_tflite(qat_model, path)` writes the int8 (or uint8) file. Needs the
 `qat` extra: pip install "keras-effnet[qat]".
 """
@@ -43,7 +44,8 @@ from keras_effnet.export.se import EdgeHardSwish
 from keras_effnet.export.tflite import SIGNATURE, frozen_converter, input_size, run_converter
 from keras_effnet.files import check_destination, write_bytes
 
-__all__ = ["calibrate_ranges", "floor_ranges", "qat_to_tflite", "quantize_aware", "to_tf_keras"]
+__all__ = ["calibrate_ranges", "distil_from_float", "floor_ranges", "qat_to_tflite",
+           "quantize_aware", "to_tf_keras"]
 
 _PLAIN = ("linear", None)
 _TFMOT_ACTIVATIONS = ("relu", "relu6", "softmax", "linear")
@@ -200,7 +202,61 @@ def quantize_aware(model: keras.Model, calibration=None):
             calibration = calibration_views(bundled_photos()[0], height,
                                             MIN_CALIBRATION_IMAGES, seed=0)
         calibrate_ranges(qat, rebuilt, representative_images(calibration, (height, width, 3)))
+        _accept_keras3_compile(qat)
         return qat
+
+
+def _accept_keras3_compile(qat) -> None:
+    """Let `qat.compile` take Keras 3 optimizers, losses and metrics (a user writing Keras 3
+    passes `keras.optimizers.Adam(...)`, which tf_keras refuses: "Could not interpret
+    optimizer identifier"): each is rebuilt as the tf_keras class of the same name."""
+    k2, _ = _modules()
+    compile_ = qat.compile
+
+    def compile(optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        metrics = None if metrics is None else [_to_tf_keras(k2.metrics, m) for m in metrics]
+        return compile_(optimizer=_to_tf_keras(k2.optimizers, optimizer),
+                        loss=_to_tf_keras(k2.losses, loss), metrics=metrics, **kwargs)
+
+    compile.__doc__ = compile_.__doc__
+    qat.compile = compile
+
+
+def _to_tf_keras(module, item):
+    """A Keras 3 optimizer, loss or metric as `module`'s class of the same name, with the
+    settings both know; anything else (a string, a tf_keras object, a function) as is."""
+    import inspect
+
+    if not isinstance(item, (keras.optimizers.Optimizer, keras.losses.Loss, keras.metrics.Metric)):
+        return item
+    cls = getattr(module, type(item).__name__, None)
+    if cls is None:
+        raise ValueError(f"{type(item).__name__} has no tf_keras counterpart for QAT; pass a "
+                         f"string or a tf_keras object (tf_keras.{module.__name__.split('.')[-1]})")
+    accepted = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in item.get_config().items() if k in accepted}
+    rate = config.get("learning_rate")
+    if isinstance(rate, dict):  # a schedule, serialized by Keras 3
+        config["learning_rate"] = module.schedules.deserialize(
+            {"class_name": rate["class_name"], "config": rate["config"]})
+    return cls(**config)
+
+
+def distil_from_float(qat, model: keras.Model, images, *, epochs: int = 2, batch_size: int = 16,
+                      learning_rate: float = 1e-5, verbose=0):
+    """Fine-tune the fake-quantized `qat` (from `quantize_aware(model)`) to give the float
+    `model`'s probabilities on `images` (0-255 pixels: the user's photos, or crops of them),
+    with a KL-divergence loss: knowledge distillation, so no labels are needed and the
+    integer file learns to agree with the model it came from. Keras 3 callers need no
+    tf_keras: the optimizer and loss are made here. Returns the fit history's dict."""
+    import tf_keras
+
+    images = np.asarray(images, np.float32)
+    targets = model.predict(images, batch_size=batch_size, verbose=0)
+    qat.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+                loss=tf_keras.losses.KLDivergence())
+    return qat.fit(images, targets, epochs=epochs, batch_size=batch_size,
+                   verbose=verbose).history
 
 
 def calibrate_ranges(qat, rebuilt, images, batch_size: int = 8) -> int:

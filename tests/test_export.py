@@ -664,7 +664,13 @@ def qat_run(tmp_path_factory):
     x = calibration_views(kx.bundled_photos()[0], 32, 8, seed=5)
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     qat = quantize_aware(model)
-    qat.compile(optimizer=tf_keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
+    # Keras 3 objects, as a Keras 3 user writes them: rebuilt as tf_keras' (tf_keras refused
+    # them: "Could not interpret optimizer identifier")
+    qat.compile(optimizer=keras.optimizers.SGD(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=[keras.metrics.SparseCategoricalAccuracy()])
+    assert isinstance(qat.optimizer, tf_keras.optimizers.SGD)
+    assert float(qat.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
     before = [w.copy() for w in qat.get_weights()]
     history = qat.fit(x, y, epochs=1, batch_size=4, verbose=0)
     path = qat_to_tflite(qat, tmp_path_factory.mktemp("qat") / "qat.tflite", "uint8")
@@ -686,6 +692,7 @@ def test_quantize_aware_fine_tunes_and_exports_int8(qat_run):
                           type(layer.layer).__name__ == "Multiply" for layer in excite), \
         [type(layer).__name__ for layer in excite]
     assert np.isfinite(history.history["loss"][0])
+    assert "sparse_categorical_accuracy" in history.history
     assert any(not np.array_equal(a, b) for a, b in zip(before, qat.get_weights()))
     graph = kx.read_model(path)
     assert graph.inputs[0].dtype == "UINT8"
@@ -715,6 +722,21 @@ def test_qat_file_keeps_a_pruned_se(qat_run):
     # the fine-tuned bias survived: large integers of its signs, not zeros or saturation
     assert np.abs(biases[bias]).min() > 2 ** 20
     np.testing.assert_array_equal(np.sign(biases[bias]), np.sign(trained))
+
+
+@QAT_GROUP
+def test_distil_from_float_fits_the_qat_copy_to_the_float_model(qat_run):
+    """export.qat.distil_from_float: no labels, no tf_keras in the caller's code; the KL
+    divergence to the float model's probabilities falls."""
+    from keras_effnet.export.qat import distil_from_float, quantize_aware
+
+    _, _, x, _, _, _ = qat_run
+    model = photo_model(32)
+    qat = quantize_aware(model)
+    history = distil_from_float(qat, model, np.concatenate([x] * 4), epochs=3, batch_size=8,
+                                learning_rate=1e-3)
+    losses = history["loss"]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
 @pytest.fixture(scope="module")
