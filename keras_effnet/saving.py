@@ -68,25 +68,30 @@ def save_model(model, path: str | os.PathLike, class_names=None, *,
 
 
 def _swap(model, twin) -> tuple:
-    """`model` rebuilt with `twin(layer)`'s replacements (weights copied), and their names."""
+    """A copy of `model` with `twin(layer)`'s replacements, every other layer cloned (not
+    shared: a shared layer would gain a second call in the caller's model), all weights
+    copied; and the names of the replaced layers."""
     from keras_effnet import graph
 
-    pending: dict = {}
+    copies: dict = {}
+    swapped: list = []
 
     def replace(layer):
         found = twin(layer)
         if found is None:
-            return layer
-        pending[id(found[0])] = found
+            found = type(layer).from_config(layer.get_config()), layer.get_weights()
+        else:
+            swapped.append(layer.name)
+        copies[id(found[0])] = found
         return found[0]
 
     if not any(twin(layer) for layer in graph.layers(model, nested="leaves")):
         return model, []
     new = graph.rebuild(model, replace=replace, recursive=True)
-    for layer, weights in pending.values():
-        if weights is not None:
+    for layer, weights in copies.values():
+        if weights:
             layer.set_weights(weights)
-    return new, sorted(layer.name for layer, _ in pending.values())
+    return new, sorted(swapped)
 
 
 def plain_keras(model):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,40 @@ def test_saved_model_names_classes_as_the_tflite_writer_does(tmp_path, skimage_p
     assert out["top_k_names"].numpy()[0, 0].decode() == names[index] == \
         ke.imagenet_classes()[index][1]
     assert (path / "labels.txt").read_text().splitlines() == names
+
+
+@pytest.mark.parametrize("own_names", [True, False], ids=["saved-names", "imagenet"])
+def test_every_writer_names_the_classes_alike(tmp_path, own_names):
+    """One function (export.metadata.class_names_for) decides a model's class names, and
+    export_saved_model, to_tflite, export_all and `keras-effnet export` all carry them: the
+    model's saved names, or ImageNet's for 1000 classes (export_saved_model once wrote
+    b'285' where the .tflite said tiger_cat)."""
+    pytest.importorskip("mediapipe", reason="the .tflite names are read by MediaPipe's reader")
+    from keras_effnet.export.metadata import read_metadata
+    from keras_effnet.saving import load_model, save_model
+
+    classes = 3 if own_names else 1000
+    model = ke.EfficientNet(phi=-4, base="lite0", weights=None, input_shape=(32, 32, 3),
+                            classes=classes)
+    expected = ["daisy", "rose", "tulip"] if own_names else \
+        [name for _, name in ke.imagenet_classes()]
+    model = load_model(save_model(model, tmp_path / "m.keras", class_names=expected
+                                  if own_names else None))
+    found = {}
+    found["export_saved_model"] = (kx.export_saved_model(model, tmp_path / "sm")
+                                   / "labels.txt").read_text().splitlines()
+    found["to_tflite"] = read_metadata(kx.to_tflite(model, tmp_path / "a.tflite")).labels
+    report = kx.export_all(model, tmp_path / "all", ["float32", "saved_model"], runs=0,
+                           progress=False, log=lambda *_: None)
+    found["export_all"] = report["class_names"]
+    found["export_all .tflite"] = read_metadata(report["artifacts"]["float32"]["path"]).labels
+    found["export_all saved_model"] = (Path(report["artifacts"]["saved_model"]["path"])
+                                       / "labels.txt").read_text().splitlines()
+    cli = subprocess.run([sys.executable, "-m", "keras_effnet.cli", "export", "--model",
+                          str(tmp_path / "m.keras"), "--formats", "float32", "--runs", "0",
+                          "--out", str(tmp_path / "cli")], capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    found["cli"] = read_metadata(next((tmp_path / "cli").glob("*.tflite"))).labels
+    assert {writer: names == expected for writer, names in found.items()} == \
+        dict.fromkeys(found, True)
