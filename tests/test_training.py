@@ -696,3 +696,19 @@ def test_train_writes_to_a_remote_path(folder):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
     assert not [p for p in tf.io.gfile.listdir(out) if ".partial-" in p]
+
+
+def test_paper_run_with_validation_does_not_warn_of_running_out(folder, tmp_path):
+    """Keras warned "Your input ran out of data; interrupting training" at the end of every
+    run with a validation set (its size is learnt by running out; the final evaluate was
+    outside the filter that fit had): the user did nothing wrong."""
+    import warnings
+
+    config = training.TrainConfig(data=str(folder), out=str(tmp_path / "run"), model="b0",
+                                  phi=-4, image_size=32, batch=8, epochs=2, steps_per_epoch=2,
+                                  val_split=0.25, weights=None, jit_compile=False, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, summary = training.train(config)
+    assert summary["recipe"] == "paper" and "final_eval" in summary
+    assert not [str(w.message) for w in caught if "ran out of data" in str(w.message)]

@@ -57,6 +57,26 @@ def test_recipe_follows_the_weights():
         == 0.01
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         dataclasses.replace(config, recipe="fast").recipe_name()
+
+
+def test_a_weight_file_is_a_backbone_for_a_new_head(tmp_path):
+    """A pretrained .weights.h5 of 1000 classes (one's own ImageNet run, a distilled model)
+    with a 5-class folder: the transfer recipe on a new head over the file's backbone (the
+    model was built with the file's 1000-class head, and the assignment failed)."""
+    source = training.classifier("lite0", 1000, weights=None, image_size=64)
+    source.get_layer("top_conv").set_weights(
+        [np.full_like(w, 0.01) for w in source.get_layer("top_conv").get_weights()])
+    path = str(tmp_path / "mine.weights.h5")
+    source.save_weights(path)
+    config = training.TrainConfig(data="d", out="o", model="lite0", weights=path,
+                                  image_size=64)
+    assert config.recipe_name() == "transfer"
+    model = training.build_model(config, 5)
+    assert model.output_shape == (None, 5)
+    np.testing.assert_array_equal(model.get_layer("top_conv").get_weights()[0],
+                                  source.get_layer("top_conv").get_weights()[0])
+    assert not model.get_layer("predictions").get_weights()[0].any()  # the new head
+    assert dataclasses.replace(config, weights=None).recipe_name() == "paper"
     # the paper recipe's settings are refused, not ignored, before any data is read
     with pytest.raises(ValueError, match="--randaugment, --save_every_steps: settings of "
                                          "--recipe paper"):

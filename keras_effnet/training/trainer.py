@@ -14,6 +14,7 @@ checkpoint every epoch (and every N steps), TensorBoard logs, the final model
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -22,7 +23,7 @@ import warnings
 import keras
 
 from keras_effnet.files import atomic_output, is_remote, makedirs, write_json
-from keras_effnet.saving import save_model
+from keras_effnet.saving import load_model, save_model
 from keras_effnet.specs import get_variant
 from keras_effnet.training import checkpoint, transfer
 from keras_effnet.training import recipe as paper
@@ -108,9 +109,14 @@ class TrainConfig:
                              f"{', '.join(RECIPES)}")
         if self.recipe != "auto":
             return self.recipe
-        pretrained = self.weights == "imagenet" and self.phi is None and \
-            not self.depth_coefficient and not self.width_coefficient
-        return "transfer" if pretrained else "paper"
+        named = self.phi is None and not self.depth_coefficient and not self.width_coefficient
+        return "transfer" if named and self.backbone_weights() else "paper"
+
+    def backbone_weights(self) -> bool:
+        """Whether a new head goes on pretrained weights: 'imagenet', or a weight file
+        (`.weights.h5` / `.h5`: its own classifier, if any, is dropped for the new head)."""
+        weights = str(self.weights or "")
+        return weights == "imagenet" or weights.endswith(".h5")
 
 
 def build_model(config: TrainConfig, classes: int) -> keras.Model:
@@ -119,13 +125,13 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
 
     weights = config.weights
     if weights and str(weights).endswith(".keras"):
-        model = keras.saving.load_model(weights, compile=False)
+        model = load_model(weights, compile=False)  # our fast layers back in
         check_classes(model, classes)
         return model
     spec = get_variant(config.model)
     size = config.image_size or spec.resolution
-    if weights == "imagenet" and classes != 1000:
-        model = classifier(spec.name, classes, weights="imagenet", image_size=size,
+    if config.backbone_weights() and classes != 1000:
+        model = classifier(spec.name, classes, weights=weights, image_size=size,
                            drop_connect_rate=config.drop_connect_rate)
     elif config.phi is not None or config.depth_coefficient or config.width_coefficient:
         model = EfficientNet(config.phi, base=spec.name, weights=weights, classes=classes,
@@ -163,7 +169,8 @@ def train(config: TrainConfig) -> tuple[keras.Model, dict]:
         if val_folder else None
     summary.update(_fit(config, model, strategy, folder, validation, state))
     if validation is not None:  # fit ended by writing the weight average into the model
-        scores = model.evaluate(validation, verbose=0, return_dict=True)
+        with _finite_validation():
+            scores = model.evaluate(validation, verbose=0, return_dict=True)
         summary["final_eval"] = {k: float(v) for k, v in scores.items()}
     model.class_names = tuple(folder.class_names)  # what an export of it names
     _save(config, model, summary)
@@ -290,6 +297,16 @@ def _run_summary(config: TrainConfig, model, folder, strategy, state) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _finite_validation():
+    """The validation set's size is unknown to tf.data (a file that fails to decode is
+    dropped), so Keras learns it by running out, and warns "Your input ran out of data"
+    after each pass (fit's and evaluate's): not a fault of the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+        yield
+
+
 def _fit(config: TrainConfig, model, strategy, folder, validation, state) -> dict:
     """model.fit from the restored step to the last; what it did, for the summary."""
     # BatchNorm averaged over the replicas before the state is saved, so a resumed run and
@@ -303,10 +320,7 @@ def _fit(config: TrainConfig, model, strategy, folder, validation, state) -> dic
     began = time.perf_counter()
     history = {}
     if state.start_step < state.total_steps:
-        with warnings.catch_warnings():
-            # the validation set's size is unknown to tf.data (a file that fails to decode is
-            # dropped), so Keras learns it by running out, and says so after the first pass
-            warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+        with _finite_validation():
             history = model.fit(
                 dataset, epochs=config.epochs,
                 initial_epoch=state.start_step // state.steps_per_epoch,
