@@ -21,6 +21,13 @@ files. Reported per row: test accuracy in Keras and in MediaPipe, the train time
 float32 matmul peak the training computation reached. Model Maker's numbers are quoted
 as published (it cannot be installed on this stack), not rerun.
 
+The SE study (`--se_study`, on by default) answers which SE strategy to export a
+fine-tuned SE model with: B0 (squeeze-excitation in every block) fine-tuned with the
+default command from the distilled proxy of `b0_proxy.py` (B0's ImageNet weights cannot
+be downloaded offline), exported uint8 with `--se keep`, `float` and `pool`, and through
+quantization-aware training (`export.qat.distil_from_float` on crops of the training
+photos), each scored in MediaPipe on the test photos against the Keras model.
+
 flower_photos is not in this repository: `DIR` holds its five class folders (the data
 README of the workplace names a public copy; tf.keras.utils.get_file can fetch the
 original tarball where the network allows).
@@ -53,6 +60,12 @@ flags.DEFINE_string("work", str(_bench.REPO / "build" / "finetune"), "split and 
 flags.DEFINE_string("out", str(_bench.RESULTS), "results folder")
 flags.DEFINE_string("name", "finetune", "results file name and README block")
 flags.DEFINE_boolean("update_readme", True, "rewrite the generated block in README.md")
+flags.DEFINE_boolean("se_study", True, "also fine-tune B0 (SE blocks; from the distilled proxy "
+                     "of b0_proxy.py) and export uint8 with each SE strategy and through QAT")
+flags.DEFINE_integer("proxy_steps", 400, "SE study: distillation steps of the B0 proxy "
+                     "(b0_proxy.py; cached)")
+flags.DEFINE_integer("qat_crops", 512, "SE study: random crops of training photos for QAT")
+flags.DEFINE_integer("qat_epochs", 2, "SE study: epochs of QAT over those crops")
 flags.DEFINE_boolean("replot", False, "only redraw the Markdown, README block and PNG from "
                      "the results JSON already written (no training)")
 
@@ -180,6 +193,72 @@ def run_row(variant: str, protocol: str, seed: int, data: pathlib.Path, work: pa
     return row
 
 
+SE_STRATEGIES = ("keep", "float", "pool")  # what the uint8 export offers for SE blocks
+
+
+def run_se_study(data: pathlib.Path, work: pathlib.Path, seed: int) -> dict:
+    """B0, whose SE blocks are what integer files lose accuracy on, fine-tuned on the
+    training photos with the default command (from the distilled proxy: B0's ImageNet
+    weights cannot be had offline), then exported uint8 with each SE strategy
+    (`export --se`) and through QAT, each scored on the test photos in MediaPipe."""
+    import b0_proxy
+
+    b0_proxy.load_or_distil(FLAGS.proxy_steps)
+    out = work / f"b0proxy_default_s{seed}"
+    args = ["train", "--model", "b0", "--weights", str(b0_proxy.cache_path()), "--data",
+            str(data / "train"), "--val_data", str(data / "val"), "--out", str(out),
+            "--epochs", str(FLAGS.epochs), "--seed", str(seed)]
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    _, wall = cli(*args)
+    summary = json.loads((out / "summary.json").read_text())
+    model_file = out / "model.keras"
+    study = {"model": "b0 (distilled proxy)", "seed": seed, "recipe": summary["recipe"],
+             "command": "keras-effnet " + " ".join(
+                 pathlib.Path(a).name if a.startswith("/") else a for a in args),
+             "train_seconds": summary["train_seconds"], "command_seconds": round(wall, 1),
+             "keras": evaluate_json(str(model_file), data / "test")["accuracy"], "files": []}
+    for se in SE_STRATEGIES:
+        folder = out / f"uint8_se_{se}"
+        _, seconds = cli("export", "--model", str(model_file), "--formats", "uint8", "--se", se,
+                         "--out", str(folder), "--runs", "0", "--overwrite")
+        path = next(folder.glob("*.tflite"))
+        score = evaluate_json(str(path), data / "test", "mediapipe")["accuracy"]
+        study["files"].append({"artifact": f"uint8, --se {se}",
+                               "export_seconds": round(seconds, 1), "mediapipe": score})
+    study["files"].append(_qat_file(model_file, data, out))
+    print(json.dumps(study), flush=True)
+    return study
+
+
+def _qat_file(model_file: pathlib.Path, data: pathlib.Path, out: pathlib.Path) -> dict:
+    """QAT of the fine-tuned model: ranges calibrated on training photos, then fitted to
+    the float model's probabilities on random crops of them (export.qat.distil_from_float),
+    written uint8 and scored in MediaPipe."""
+    import random
+
+    from keras_effnet.export import calibration_views
+    from keras_effnet.export.qat import distil_from_float, qat_to_tflite, quantize_aware
+    from keras_effnet.saving import load_model
+    from keras_effnet.training import scan_folder
+
+    began = time.perf_counter()
+    model = load_model(str(model_file))
+    size = model.input_shape[1]
+    photos = list(scan_folder(data / "train").files)
+    random.Random(0).shuffle(photos)
+    qat = quantize_aware(model, calibration=calibration_views(photos[:200], size, 200, seed=1))
+    crops = calibration_views(photos[:FLAGS.qat_crops], size, FLAGS.qat_crops, seed=7)
+    distil_from_float(qat, model, crops, epochs=FLAGS.qat_epochs)
+    path = qat_to_tflite(qat, out / "qat" / "b0_qat_uint8.tflite", "uint8", overwrite=True,
+                         labels=list(model.class_names))
+    return {"artifact": f"uint8, QAT ({FLAGS.qat_epochs} epochs over {FLAGS.qat_crops} crops)",
+            "export_seconds": round(time.perf_counter() - began, 1),
+            "mediapipe": evaluate_json(str(path), data / "test", "mediapipe")["accuracy"]}
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -225,11 +304,29 @@ def markdown(data: dict) -> list[str]:
     for variant, reason in data["unavailable"].items():
         lines.append(f"| {variant} | - | 0 | {reason} | | | {_pct(published.get(variant))} "
                      "| | | | |")
+    lines += _se_markdown(data.get("se_study"))
     lines += ["", "Each row: the commands of the benchmark (`" + data["rows"][0]["command"]
               + "`, then `keras-effnet evaluate` on the test photos, `export --target "
               "android`, `evaluate --runtime mediapipe`). Train s: features + fit as the "
               "command reports them; command s: the whole process. Several seeds: mean "
               "(min-max)."]
+    return lines
+
+
+def _se_markdown(study: dict | None) -> list[str]:
+    if not study:
+        return []
+    keras_top1 = study["keras"]
+    lines = ["", (f"SE blocks on real photos: B0 fine-tuned with the default command from the "
+                  f"distilled proxy (`benchmarks/b0_proxy.py`; B0's ImageNet weights cannot be "
+                  f"downloaded offline), seed {study['seed']}, test top-1 in Keras "
+                  f"{_pct(keras_top1)}; each uint8 file in MediaPipe on the same test photos:"),
+             "", "| B0 uint8 file | MediaPipe | - Keras (points) | export s |",
+             "|---|---:|---:|---:|"]
+    for row in study["files"]:
+        gap = 100 * (row["mediapipe"] - keras_top1)
+        lines.append(f"| {row['artifact']} | {_pct(row['mediapipe'])} | {gap:+.1f} | "
+                     f"{row['export_seconds']:.0f} |")
     return lines
 
 
@@ -301,11 +398,12 @@ def main(argv):
                     raise
             if variant in unavailable:
                 break
+    se_study = run_se_study(data_dir, work, int(FLAGS.seeds[0])) if FLAGS.se_study else None
     data = {"machine": _bench.machine(), "cpu": _bench.cpu_info(), "peak_gflops": peak,
             "split": {"seed": FLAGS.split_seed, "counts": counts,
                       **{f"{part}_images": sum(c.values()) for part, c in counts.items()}},
             "epochs": FLAGS.epochs, "model_maker": MODEL_MAKER, "rows": rows,
-            "unavailable": unavailable}
+            "unavailable": unavailable, "se_study": se_study}
     md = markdown(data)
     _bench.publish(FLAGS.name, data, md, FLAGS.out, FLAGS.update_readme)
     plot(data, pathlib.Path(FLAGS.out) / f"{FLAGS.name}.png")

@@ -203,11 +203,13 @@ def test_finetune_split_is_seeded_per_class_80_10_10(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_benchmark_on_flowers_mini(shared_data, tmp_path):
-    """The whole benchmark path on 200 photos: train (frozen), evaluate, export, MediaPipe."""
+    """The whole benchmark path on 200 photos: train (frozen), evaluate, export, MediaPipe;
+    the SE study on a B0 proxy of 5 distillation steps (the path, not its accuracy)."""
     pytest.importorskip("mediapipe")
     out = _run("finetune.py", f"--flowers={shared_data / 'flowers-mini'}", "--models=lite0",
                "--seeds=0", "--protocols=frozen", f"--work={tmp_path / 'w'}",
-               f"--out={tmp_path / 'r'}", "--noupdate_readme", timeout=900)
+               f"--out={tmp_path / 'r'}", "--noupdate_readme", "--proxy_steps=5",
+               "--qat_crops=16", "--qat_epochs=1", timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((tmp_path / "r" / "finetune.json").read_text())
     (row,) = data["rows"]
@@ -215,6 +217,13 @@ def test_finetune_benchmark_on_flowers_mini(shared_data, tmp_path):
     assert row["keras"] >= 0.75 and abs(row["mediapipe_float16"] - row["keras"]) <= 0.1
     assert 0 < row["fraction_of_peak"] < 1
     assert (tmp_path / "r" / "finetune.png").exists()
+    study = data["se_study"]
+    assert study["recipe"] == "transfer" and "--weights b0_distilled" in study["command"]
+    assert [f["artifact"] for f in study["files"]][:3] == [
+        "uint8, --se keep", "uint8, --se float", "uint8, --se pool"]
+    assert "QAT" in study["files"][3]["artifact"]
+    assert all(0 <= f["mediapipe"] <= 1 for f in study["files"])
+    assert "SE blocks on real photos" in (tmp_path / "r" / "finetune.md").read_text()
 
 
 def test_finetune_replot_from_its_results(tmp_path):
