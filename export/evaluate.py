@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_effnet.console import quieted
 from keras_effnet.preprocessing import IMAGE_SUFFIXES, LABELLED_NAME, imagenet_classes, load_image
 
 __all__ = ["RUNTIMES", "EvalReport", "LabelledFolder", "evaluate", "format_report",
@@ -301,6 +302,7 @@ def _keras_model(model):
     return load_model(model, compile=False)
 
 
+@quieted
 def evaluate(model, data, *, runtime: str = "litert",
              image_size: int | None = None, class_names: list[str] | None = None,
              plot: str | os.PathLike | None = None, progress: bool = True) -> EvalReport:

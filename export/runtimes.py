@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_effnet.console import quiet_at_exit, quieted
 from keras_effnet.export.data import input_tensor
 from keras_effnet.export.metadata import ANDROID_EXTRA
 
@@ -75,6 +76,7 @@ def _score(name: str, top1: np.ndarray, reference_top1, labels) -> RuntimeCheck:
         top1_accuracy=None if labels is None else float(np.mean(top1 == np.asarray(labels))))
 
 
+@quieted
 def mediapipe_classify(path: str | os.PathLike, images, top: int = 1) -> list[list[tuple]]:
     """[(index, class name, score), ...] for each image ((H, W, 3), 0-255, at the
     model's size) from MediaPipe's ImageClassifier reading `path` as it is. Raises
@@ -113,6 +115,7 @@ def check_mediapipe(path: str | os.PathLike, images: np.ndarray, reference_top1:
     return check
 
 
+@quieted
 def compiled_model(source: str | os.PathLike | bytes, threads: int = 1,
                    xnnpack_flags: int | None = None):
     """LiteRT's CompiledModel of a `.tflite` (path or bytes) on the CPU, `threads` threads
@@ -125,11 +128,13 @@ def compiled_model(source: str | os.PathLike | bytes, threads: int = 1,
 
     options = Options(cpu_options=CpuOptions(num_threads=threads,
                                              xnnpack_flags=xnnpack_flags))
+    quiet_at_exit()
     if isinstance(source, (bytes, bytearray)):
         return CompiledModel.from_buffer(bytes(source), options=options)
     return CompiledModel.from_file(str(source), options=options)
 
 
+@quieted
 def check_compiled_model(path: str | os.PathLike, images: np.ndarray,
                          reference_top1: np.ndarray, labels=None,
                          xnnpack_flags: int | None = None) -> RuntimeCheck:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_effnet.console import quieted
 from keras_effnet.export.data import batches_of_one, representative_images
 from keras_effnet.export.flatbuffer import read_model, with_input_quantization, with_signature
 from keras_effnet.export.metadata import class_names_for, model_metadata
@@ -86,6 +87,7 @@ def frozen_converter(model, shape: tuple):
     return converter
 
 
+@quieted
 def run_converter(converter) -> bytes:
     with warnings.catch_warnings():  # the frozen path's note on uint8 input statistics,
         # which the converter takes from calibration: nothing for the user to do

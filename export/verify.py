@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_effnet.console import quieted
 from keras_effnet.export.data import input_tensor, labels_from_names, load_folder
 from keras_effnet.export.flatbuffer import read_model
 from keras_effnet.export.metadata import android_problems, class_names_for
@@ -102,6 +103,7 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 16):
     return np.concatenate(probs), (np.concatenate(logits) if logits else None)
 
 
+@quieted
 def _interpreter(path, threads: int, preserve: bool = False):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -267,6 +269,7 @@ def _evaluation_images(model, images, labels) -> tuple[np.ndarray, np.ndarray | 
     return images, labels
 
 
+@quieted
 def verify(artifact: str | os.PathLike, model, images, labels=None, *, runs: int = DEFAULT_RUNS,
            reference: tuple | None = None, name: str | None = None,
            runtimes: bool = True, class_names: list[str] | None = None) -> VerifyResult:

@@ -13,6 +13,13 @@ Named variants (B0-B7, Lite0-4, EdgeTPU-S/M/L) equal the published models;
 from keras_effnet import console as _console
 
 _console.quiet_for_command()
+with _console.quiet():  # TensorFlow's native start-up lines, and its first look for a GPU
+    import keras as _keras
+
+    if _keras.backend.backend() == "tensorflow":
+        import tensorflow as _tf
+
+        _tf.config.list_physical_devices()  # not logical: that would fix the device setup
 
 from keras_effnet.gradcam import cam, overlay, save_cam
 from keras_effnet.layers import Normalization

@@ -10,23 +10,32 @@ unexpectedly, so nothing that explains an error is lost.
 
 The `keras-effnet` command is quiet unless `--verbose`. It must start before the
 package imports TensorFlow, so `keras_effnet/__init__.py` calls `quiet_for_command()`
-first; library users and notebooks see everything.
+first. In Python, `quiet()` does the same around what prints such lines: importing
+TensorFlow (and its first look for a GPU), converting, and creating LiteRT and MediaPipe
+runtimes; Python's own warnings and progress bars still show. KERAS_EFFNET_VERBOSE=1
+keeps everything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import tempfile
 
-__all__ = ["COMMAND", "quiet_for_command", "start_quiet", "stop_quiet"]
+__all__ = ["COMMAND", "VERBOSE_ENV", "quiet", "quiet_at_exit", "quiet_for_command", "quieted",
+           "start_quiet", "stop_quiet"]
+
+VERBOSE_ENV = "KERAS_EFFNET_VERBOSE"
 
 COMMAND = "keras-effnet"
 _state: dict = {}
 
 
 def start_quiet() -> None:
-    """Send native writes to fd 2 to a temporary file, Python's stderr to the terminal."""
+    """Send native writes to fd 2 to a temporary file, Python's stderr to the terminal
+    (when Python's stderr is fd 2; a notebook's is its own stream and stays as it is)."""
     if _state:
         return
     sys.stderr.flush()
@@ -35,7 +44,32 @@ def start_quiet() -> None:
     terminal = os.fdopen(os.dup(saved), "w", buffering=1)
     os.dup2(caught.fileno(), 2)
     _state.update(saved=saved, caught=caught, terminal=terminal, python_stderr=sys.stderr)
-    sys.stderr = terminal
+    if _on_fd2(sys.stderr):
+        sys.stderr = terminal
+
+
+def _on_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+
+
+@contextlib.contextmanager
+def quiet():
+    """Drop what native code writes to fd 2 inside the block (replayed if the block
+    raises, so nothing that explains an error is lost); nested or under the quiet
+    command, or with KERAS_EFFNET_VERBOSE=1, it does nothing."""
+    if _state or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        yield
+        return
+    start_quiet()
+    try:
+        yield
+    except BaseException:
+        stop_quiet(replay=True)
+        raise
+    stop_quiet()
 
 
 def stop_quiet(replay: bool = False) -> None:
@@ -55,7 +89,42 @@ def stop_quiet(replay: bool = False) -> None:
     _state.clear()
 
 
+def quieted(function):
+    """`function` run inside `quiet()`: for the library's calls into native runtimes."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with quiet():
+            return function(*args, **kwargs)
+
+    return run
+
+
+def quiet_at_exit() -> None:
+    """LiteRT's environment says goodbye from C++ after Python has finished
+    ("DestroyAccelerator ..."): at exit, send fd 2 nowhere (not with KERAS_EFFNET_VERBOSE=1).
+    Registered by whoever creates that environment; Python's own output is done by then."""
+    if _exit_hooks or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        return
+    import atexit
+
+    def silence():
+        sys.stderr.flush()
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+
+    atexit.register(silence)
+    _exit_hooks.append(silence)
+
+
+_exit_hooks: list = []
+
+
 def quiet_for_command() -> None:
-    """Start quiet when this process is the `keras-effnet` command without --verbose."""
-    if os.path.basename(sys.argv[0]) == COMMAND and "--verbose" not in sys.argv[1:]:
+    """Start quiet when this process is the `keras-effnet` command without --verbose
+    (with it, everything shows: the library's own `quiet()` blocks too)."""
+    if os.path.basename(sys.argv[0]) != COMMAND:
+        return
+    if "--verbose" in sys.argv[1:]:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
         start_quiet()

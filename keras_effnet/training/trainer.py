@@ -22,6 +22,7 @@ import warnings
 
 import keras
 
+from keras_effnet.console import quieted
 from keras_effnet.files import atomic_output, is_remote, makedirs, write_json
 from keras_effnet.saving import load_model, save_model
 from keras_effnet.specs import get_variant
@@ -149,6 +150,7 @@ def build_model(config: TrainConfig, classes: int) -> keras.Model:
     return model
 
 
+@quieted
 def train(config: TrainConfig) -> tuple[keras.Model, dict]:
     """Train (or resume) as `config` says; returns the final model and the summary.
 

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from keras_effnet import graph
+from keras_effnet.console import quieted
 from keras_effnet.training.data import ImageFolder, view_dataset
 from keras_effnet.training.finetune import BLOCK_NAME
 
@@ -205,6 +206,7 @@ def _epoch_data(features: list, labels: np.ndarray, classes: int, batch: int, ep
     return tf.data.Dataset.range(epochs).flat_map(epoch).prefetch(2)
 
 
+@quieted
 def fit_transfer(model: keras.Model, train: ImageFolder, val: ImageFolder | None = None, *,
                  epochs: int = 10, batch: int = 32, seed: int = 0,
                  recipe: TransferRecipe = TRANSFER, head_only: bool = False,
