@@ -27,12 +27,13 @@ from keras_effnet.console import quiet_at_exit, quieted
 from keras_effnet.export.data import input_tensor
 from keras_effnet.export.metadata import ANDROID_EXTRA
 
-__all__ = ["XNNPACK_FP16", "RuntimeCheck", "check_compiled_model", "check_mediapipe",
+__all__ = ["XNNPACK_FP16", "RuntimeCheck", "fp16_arithmetic", "check_compiled_model", "check_mediapipe",
            "compiled_model", "mediapipe_available", "mediapipe_classify"]
 
 # TFLITE_XNNPACK_DELEGATE_FLAG_QS8 | _QU8 | _FORCE_FP16 (tflite/delegates/xnnpack/
 # xnnpack_delegate.h): integer kernels as by default, float32 operators in float16.
-XNNPACK_FP16 = 0x1 | 0x2 | 0x4
+_FORCE_FP16 = 0x4
+XNNPACK_FP16 = 0x1 | 0x2 | _FORCE_FP16
 
 
 @dataclasses.dataclass
@@ -115,17 +116,44 @@ def check_mediapipe(path: str | os.PathLike, images: np.ndarray, reference_top1:
     return check
 
 
+def fp16_arithmetic(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU computes in float16 natively (x86 AVX512-FP16; Arm's FP16
+    extension, ARMv8.2), read from /proc/cpuinfo's flags; None where that cannot be read.
+    XNNPACK_FP16 pays only there: LiteRT 2.3 accepts the flag on other CPUs too and
+    emulates float16, slower than float32 (measured: benchmarks/runtimes.py)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if not flags:
+        return None
+    return "avx512_fp16" in flags or {"fphp", "asimdhp"} <= flags
+
+
 @quieted
 def compiled_model(source: str | os.PathLike | bytes, threads: int = 1,
                    xnnpack_flags: int | None = None):
     """LiteRT's CompiledModel of a `.tflite` (path or bytes) on the CPU, `threads` threads
     (1, as LiteRT's own default); `xnnpack_flags`: None for LiteRT's default, XNNPACK_FP16 to run
     float32 operators in float16 (faster where the CPU has fp16 arithmetic, e.g. x86 with
-    AVX512-FP16; LiteRT refuses to build the model where it has none). Raises ImportError
+    AVX512-FP16; refused with a ValueError where `fp16_arithmetic()` says the CPU has
+    none: LiteRT would emulate it, slower than float32). Raises ImportError
     when ai_edge_litert has no CompiledModel API (LiteRT < 2.0)."""
     from ai_edge_litert.compiled_model import CompiledModel
     from ai_edge_litert.options import CpuOptions, Options
 
+    if xnnpack_flags is not None and xnnpack_flags & _FORCE_FP16 and fp16_arithmetic() is False:
+        raise ValueError("XNNPACK_FP16 asks for float16 arithmetic, which this CPU does not "
+                         "have (x86 AVX512-FP16 or ARMv8.2 FP16): XNNPACK would emulate it, "
+                         "slower than float32 and less exact. Run the float32 file without "
+                         "xnnpack_flags here")
     options = Options(cpu_options=CpuOptions(num_threads=threads,
                                              xnnpack_flags=xnnpack_flags))
     quiet_at_exit()

@@ -442,11 +442,30 @@ def test_lite0_files_keep_keras_accuracy_in_litert_and_mediapipe(shared_data, tm
             assert result.top1_agreement == 1.0 and result.max_abs_prob_error <= 1e-4
 
 
+def test_fp16_compute_is_refused_where_the_cpu_has_no_fp16_arithmetic(tmp_path):
+    """LiteRT 2.3 accepted XNNPACK_FP16 on an AVX-512 CPU without AVX512-FP16 and ran Lite0
+    1.9x slower than float32 (emulated float16), where the README said it refused: the
+    CPU's flags decide, and compiled_model refuses with the reason."""
+    from keras_effnet.export.runtimes import XNNPACK_FP16, compiled_model, fp16_arithmetic
+
+    assert fp16_arithmetic("flags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n") is False
+    assert fp16_arithmetic("flags\t\t: fpu avx512f avx512_fp16 amx_fp16\n") is True
+    assert fp16_arithmetic("Features\t: fp asimd evtstrm fphp asimdhp cpuid\n") is True
+    assert fp16_arithmetic("Features\t: fp asimd evtstrm crc32\n") is False
+    assert fp16_arithmetic("processor\t: 0\n") is None
+    if fp16_arithmetic() is not False:
+        pytest.skip("this CPU has fp16 arithmetic (or its flags cannot be read)")
+    model = ke.EfficientNet(-4, base="lite0", weights=None, input_shape=(32, 32, 3))
+    path = kx.to_tflite(model, tmp_path / "m.tflite", progress=False)
+    with pytest.raises(ValueError, match="does not have"):
+        compiled_model(path, xnnpack_flags=XNNPACK_FP16)
+
+
 def test_float32_file_computed_in_float16_keeps_lite0_top1(shared_data, tmp_path):
     """XNNPACK's FORCE_FP16 (the runtimes benchmark's fastest float row on an AVX512-FP16
     CPU) computes our float32 file in float16: top-1 within 1 image of Keras on the 100
     labelled photos and the same as the float32 computation's on at least 97 of them.
-    Where the CPU has no fp16 arithmetic LiteRT refuses the option, and the test skips."""
+    Where the CPU has no fp16 arithmetic the option is refused, and the test skips."""
     from keras_effnet.export.runtimes import XNNPACK_FP16, check_compiled_model, compiled_model
 
     model = ke.EfficientNetLite0(weights="imagenet")
