@@ -27,8 +27,16 @@ from keras_effnet.console import quiet_at_exit, quieted
 from keras_effnet.export.data import input_tensor
 from keras_effnet.export.metadata import ANDROID_EXTRA
 
-__all__ = ["XNNPACK_FP16", "RuntimeCheck", "fp16_arithmetic", "check_compiled_model", "check_mediapipe",
-           "compiled_model", "mediapipe_available", "mediapipe_classify"]
+__all__ = [
+    "XNNPACK_FP16",
+    "RuntimeCheck",
+    "check_compiled_model",
+    "check_mediapipe",
+    "compiled_model",
+    "fp16_arithmetic",
+    "mediapipe_available",
+    "mediapipe_classify",
+]
 
 # TFLITE_XNNPACK_DELEGATE_FLAG_QS8 | _QU8 | _FORCE_FP16 (tflite/delegates/xnnpack/
 # xnnpack_delegate.h): integer kernels as by default, float32 operators in float16.
