@@ -157,7 +157,10 @@ def convert(model, mode: str, representative_data=None, se="keep", batch_size: i
     content = content if content is not None else run_converter(converter)
     if pixels is not None:
         content = with_input_quantization(content, *pixels)
-    return with_signature(content, *SIGNATURE)
+    key, inputs, outputs = SIGNATURE
+    if len(model.outputs) > 1:  # a feature model: one output per level
+        outputs = [f"output_{i}" for i in range(len(model.outputs))]
+    return with_signature(content, key, inputs, outputs)
 
 
 def _convert_se_float(converter, shape, model, images, progress, uint8_io: bool) -> bytes:
@@ -205,6 +208,9 @@ def to_tflite(model, path: str | os.PathLike, mode: str = "float32", representat
     """
     check_mode(mode)
     check_se(model, se)
+    if metadata and len(model.outputs) > 1:
+        raise ValueError(f"{model.name} has {len(model.outputs)} outputs; the TFLite metadata "
+                         "describes an image classifier's one output: pass metadata=False")
     path = check_destination(path, overwrite)
     height, width = input_size(model, image_size)
     names = class_names_for(model, labels) if metadata else None

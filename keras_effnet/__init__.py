@@ -21,6 +21,7 @@ with _console.quiet():  # TensorFlow's native start-up lines, and its first look
 
         _tf.config.list_physical_devices()  # not logical: that would fix the device setup
 
+from keras_effnet.features import FeatureLevel, feature_info, feature_model
 from keras_effnet.gradcam import cam, overlay, save_cam
 from keras_effnet.layers import Normalization
 from keras_effnet.preprocessing import (
@@ -79,6 +80,7 @@ __all__ = [
     "EfficientNetLite2",
     "EfficientNetLite3",
     "EfficientNetLite4",
+    "FeatureLevel",
     "ImageReadError",
     "ModelProfile",
     "Normalization",
@@ -89,6 +91,8 @@ __all__ = [
     "compound_coefficients",
     "decode_predictions",
     "evaluate",
+    "feature_info",
+    "feature_model",
     "flops_multiplier",
     "get_variant",
     "imagenet_classes",

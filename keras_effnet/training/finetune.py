@@ -16,19 +16,17 @@ what keeps a small fine-tuning set from overwriting ImageNet's statistics.
 
 from __future__ import annotations
 
-import re
-
 import keras
 
 from keras_effnet import graph
 from keras_effnet.blocks import float32_under_mixed_precision
+from keras_effnet.features import BLOCK_NAME
 from keras_effnet.specs import get_variant
 
 __all__ = ["BLOCK_NAME", "block_ids", "check_classes", "classifier", "freeze_backbone",
            "unfreeze_top"]
 
 _HEAD = ("avg_pool", "top_dropout", "predictions")
-BLOCK_NAME = re.compile(r"^(block\d+[a-z]+)_")  # a block's layers: block6a_expand_conv
 
 
 def classifier(variant: str, classes: int, *, weights="imagenet", image_size: int | None = None,

@@ -40,8 +40,8 @@ import numpy as np
 
 from keras_effnet import graph
 from keras_effnet.console import quieted
+from keras_effnet.features import feature_info
 from keras_effnet.training.data import ImageFolder, view_dataset
-from keras_effnet.training.finetune import BLOCK_NAME
 
 __all__ = ["HEAD_ONLY", "TRANSFER", "BestWeights", "TransferRecipe", "extract_features",
            "fit_transfer", "inference", "split_at", "trunk_end"]
@@ -81,22 +81,7 @@ def trunk_end(model: keras.Model, trunk: str = "stride16") -> str:
         return "avg_pool"
     if trunk != "stride16":
         raise ValueError(f"trunk must be 'stride16' or 'pool', got {trunk!r}")
-    height = model.input_shape[1]
-    if height is None:
-        raise ValueError(f"{model.name} takes any image size; build it with a fixed size")
-    level = math.ceil(height / 16)
-    ends = {}  # block id -> its last layer, in graph order
-    for layer in model.layers:
-        match = BLOCK_NAME.match(layer.name)
-        if match:
-            ends[match.group(1)] = layer
-    last = None
-    for layer in ends.values():  # the output of the last block that ends at 1/16
-        if len(layer.output.shape) == 4 and layer.output.shape[1] == level:
-            last = layer.name
-    if last is None:
-        raise ValueError(f"{model.name} has no block at 1/16 of its {height} px input")
-    return last
+    return next(level.layer for level in feature_info(model) if level.stride == 16)
 
 
 def split_at(model: keras.Model, end: str, input_shape: tuple | None = None):
