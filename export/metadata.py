@@ -113,7 +113,9 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> list[str
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return check_labels([line.rstrip("\r") for line in lines], classes, source=str(path))
+    names = [line.rstrip("\r") for line in lines]
+    # ImageNet's own names (what the default export writes) repeat 'crane' and 'maillot'
+    return check_labels(names, classes, source=str(path), distinct=names != _imagenet_names())
 
 
 def check_image_classifier(model) -> None:

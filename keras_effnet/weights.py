@@ -40,7 +40,7 @@ from keras_effnet import hub, torch_reader, weight_sets
 from keras_effnet.files import atomic_output
 from keras_effnet.layers import Normalization
 from keras_effnet.scaling import head_filters, plan_blocks, stem_filters
-from keras_effnet.specs import FUSED, VARIANTS, VariantSpec
+from keras_effnet.specs import FUSED, VARIANTS, VariantSpec, get_variant
 
 __all__ = [
     "LAYOUTS",
@@ -306,10 +306,13 @@ def state_dict_to_keras(state_dict: dict[str, np.ndarray], variant: VariantSpec,
     return FileWeights(source, out, "name")
 
 
-def keras_to_state_dict(model: keras.Model, variant: VariantSpec,
+def keras_to_state_dict(model: keras.Model, variant: VariantSpec | str,
                         layout: str = "timm") -> dict[str, np.ndarray]:
     """The inverse of `state_dict_to_keras`: `model`'s weights as a PyTorch state dict in
-    timm's (or lukemelas') layout, e.g. to save with safetensors for timm."""
+    timm's (or lukemelas') layout, e.g. to save with safetensors for timm. `variant`: its
+    spec or name ("lite0")."""
+    if isinstance(variant, str):
+        variant = get_variant(variant)
     chosen = LAYOUTS[layout]
     state = {}
     for name, kind, prefix in _layer_prefixes(variant, chosen):

@@ -234,6 +234,17 @@ def test_bad_labels_are_refused_before_anything_is_written(tiny, tmp_path, label
     assert not path.exists() and not (tmp_path / "out").exists()
 
 
+def test_imagenets_own_labels_file_is_accepted(tmp_path):
+    """--labels refused ImageNet's own names ('crane' and 'maillot' appear twice) although
+    the default export writes exactly those; another file with a repeat is still refused."""
+    names = [name for _, name in ke.imagenet_classes()]
+    (tmp_path / "imagenet.txt").write_text("\n".join(names) + "\n")
+    assert md.read_labels(tmp_path / "imagenet.txt", 1000) == names
+    (tmp_path / "other.txt").write_text("\n".join(["x"] + names[1:]) + "\n")
+    with pytest.raises(ValueError, match="'crane' appears on lines"):
+        md.read_labels(tmp_path / "other.txt", 1000)
+
+
 def test_unknown_target_and_non_image_model_are_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown target 'phone': expected one of android, "
                                          "coral, server, all"):

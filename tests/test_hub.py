@@ -30,7 +30,7 @@ def _publish(cache, repo_id: str, model, variant: str, filename="model.safetenso
     folder per commit linking to them, refs/main naming the commit. Returns the blob."""
     from safetensors.numpy import save
 
-    content = save(keras_to_state_dict(model, ke.get_variant(variant)))
+    content = save(keras_to_state_dict(model, variant))  # a name, as the README writes it
     digest = hashlib.sha256(content).hexdigest()
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     commit = hashlib.sha1(content).hexdigest()

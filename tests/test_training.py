@@ -5,6 +5,7 @@ XLA: the facts under test (same gradients on two replicas, identical workers,
 a resumed step counter) do not depend on size, and the suite must stay fast.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -712,3 +713,9 @@ def test_paper_run_with_validation_does_not_warn_of_running_out(folder, tmp_path
         _, summary = training.train(config)
     assert summary["recipe"] == "paper" and "final_eval" in summary
     assert not [str(w.message) for w in caught if "ran out of data" in str(w.message)]
+    # run again with other settings: refused, as the README says (it resumed silently on a
+    # schedule of other epochs and learning rate)
+    for change, message in (({"epochs": 3}, "epochs=2"), ({"learning_rate": 0.5},
+                                                          "learning_rate=None")):
+        with pytest.raises(ValueError, match=f"was written with {message}"):
+            training.train(dataclasses.replace(config, **change))

@@ -263,8 +263,12 @@ def _build_and_restore(config: TrainConfig, strategy, classes: int, steps_per_ep
                               learning_rate=config.learning_rate, ema=config.ema,
                               jit_compile=config.jit_compile)
         ckpt_dir = f"{config.out}/checkpoints"
+        # what the schedule and the data order depend on: a rerun with other settings is
+        # refused with a message, not resumed on a schedule it was not started with
         expect = {"global_batch": config.batch, "steps_per_epoch": steps_per_epoch,
-                  "model": model.name}
+                  "model": model.name, "epochs": config.epochs,
+                  "learning_rate": config.learning_rate,
+                  "warmup_epochs": config.warmup_epochs, "seed": config.seed}
         resumed = checkpoint.restore(ckpt_dir, model, expect)
     fit_ready(model, strategy)
     start_step = resumed["global_step"] if resumed else 0
