@@ -41,11 +41,23 @@ def start_quiet() -> None:
     sys.stderr.flush()
     saved = os.dup(2)
     caught = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - open until stop_quiet
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    terminal = _terminal()
     os.dup2(caught.fileno(), 2)
     _state.update(saved=saved, caught=caught, terminal=terminal, python_stderr=sys.stderr)
     if _on_fd2(sys.stderr):
         sys.stderr = terminal
+
+
+def _terminal():
+    """One stream on the terminal's stderr for the whole process, never closed: a logging
+    handler made while quiet (absl's, when TensorFlow is imported) keeps the sys.stderr it
+    saw then, and must still be able to write after the quiet block."""
+    if "stream" not in _terminal_stream:
+        _terminal_stream["stream"] = os.fdopen(os.dup(2), "w", buffering=1)
+    return _terminal_stream["stream"]
+
+
+_terminal_stream: dict = {}
 
 
 def _on_fd2(stream) -> bool:
@@ -84,8 +96,7 @@ def stop_quiet(replay: bool = False) -> None:
     sys.stderr = _state["python_stderr"]
     os.dup2(_state["saved"], 2)
     os.close(_state["saved"])
-    caught.close()
-    terminal.close()
+    caught.close()  # the terminal stream stays open (see _terminal)
     _state.clear()
 
 
