@@ -157,22 +157,29 @@ def training_flops(summary: dict, variant: str) -> float:
     return 2 * macs
 
 
-def run_row(variant: str, protocol: str, seed: int, data: pathlib.Path, work: pathlib.Path,
-            peak: float) -> dict:
-    out = work / f"{variant}_{protocol}_s{seed}"
-    args = ["train", "--model", variant, "--data", str(data / "train"), "--val_data",
+def train(variant: str, seed: int, data: pathlib.Path, out: pathlib.Path,
+          *extra: str) -> tuple[dict, str, float]:
+    """`keras-effnet train` on the split's train/val folders into `out` (a rerun starts
+    over): its summary, the command as written in the results, and its wall seconds."""
+    args = ["train", "--model", variant, *extra, "--data", str(data / "train"), "--val_data",
             str(data / "val"), "--out", str(out), "--epochs", str(FLAGS.epochs),
             "--seed", str(seed)]
-    if protocol == "frozen":
-        args.append("--freeze_backbone")
-    if (out / "model.keras").exists():  # a rerun starts over
+    if out.exists():
         import shutil
 
         shutil.rmtree(out)
     _, wall = cli(*args)
-    summary = json.loads((out / "summary.json").read_text())
-    row = {"model": variant, "protocol": protocol, "seed": seed, "command": "keras-effnet "
-           + " ".join(a if not a.startswith("/") else pathlib.Path(a).name for a in args),
+    command = "keras-effnet " + " ".join(
+        pathlib.Path(a).name if a.startswith("/") else a for a in args)
+    return json.loads((out / "summary.json").read_text()), command, wall
+
+
+def run_row(variant: str, protocol: str, seed: int, data: pathlib.Path, work: pathlib.Path,
+            peak: float) -> dict:
+    out = work / f"{variant}_{protocol}_s{seed}"
+    summary, command, wall = train(variant, seed, data, out,
+                                   *(["--freeze_backbone"] if protocol == "frozen" else []))
+    row = {"model": variant, "protocol": protocol, "seed": seed, "command": command,
            "train_seconds": summary["train_seconds"], "command_seconds": round(wall, 1),
            "images_per_second": summary["images_per_second"],
            "feature_seconds": summary["feature_seconds"], "fit_seconds": summary["fit_seconds"],
@@ -205,20 +212,12 @@ def run_se_study(data: pathlib.Path, work: pathlib.Path, seed: int) -> dict:
 
     b0_proxy.load_or_distil(FLAGS.proxy_steps)
     out = work / f"b0proxy_default_s{seed}"
-    args = ["train", "--model", "b0", "--weights", str(b0_proxy.cache_path()), "--data",
-            str(data / "train"), "--val_data", str(data / "val"), "--out", str(out),
-            "--epochs", str(FLAGS.epochs), "--seed", str(seed)]
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    _, wall = cli(*args)
-    summary = json.loads((out / "summary.json").read_text())
+    summary, command, wall = train("b0", seed, data, out, "--weights",
+                                   str(b0_proxy.cache_path()))
     model_file = out / "model.keras"
     study = {"model": "b0 (distilled proxy)", "seed": seed, "recipe": summary["recipe"],
-             "command": "keras-effnet " + " ".join(
-                 pathlib.Path(a).name if a.startswith("/") else a for a in args),
-             "train_seconds": summary["train_seconds"], "command_seconds": round(wall, 1),
+             "command": command, "train_seconds": summary["train_seconds"],
+             "command_seconds": round(wall, 1),
              "keras": evaluate_json(str(model_file), data / "test")["accuracy"], "files": []}
     for se in SE_STRATEGIES:
         folder = out / f"uint8_se_{se}"

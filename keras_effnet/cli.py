@@ -424,7 +424,6 @@ _COMMANDS = {
     "convert": Command(_convert, "convert CKPT --model b3 --out b3.weights.h5",
                        "a tensorflow/tpu checkpoint as Keras weights"),
 }
-_GENERAL = "every command"  # a flag whose help names no command
 _HELP = ("-h", "--help", "-help", "--helpshort", "-?")
 
 

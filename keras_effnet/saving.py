@@ -73,25 +73,24 @@ def _swap(model, twin) -> tuple:
     copied; and the names of the replaced layers."""
     from keras_effnet import graph
 
-    copies: dict = {}
-    swapped: list = []
+    twins = {id(layer): (layer.name, found) for layer in graph.layers(model, nested="leaves")
+             if (found := twin(layer)) is not None}
+    if not twins:
+        return model, []
+    copies: list = []
 
     def replace(layer):
-        found = twin(layer)
+        _, found = twins.get(id(layer), (None, None))
         if found is None:
             found = type(layer).from_config(layer.get_config()), layer.get_weights()
-        else:
-            swapped.append(layer.name)
-        copies[id(found[0])] = found
+        copies.append(found)
         return found[0]
 
-    if not any(twin(layer) for layer in graph.layers(model, nested="leaves")):
-        return model, []
     new = graph.rebuild(model, replace=replace, recursive=True)
-    for layer, weights in copies.values():
+    for layer, weights in copies:
         if weights:
             layer.set_weights(weights)
-    return new, sorted(swapped)
+    return new, sorted(name for name, _ in twins.values())
 
 
 def plain_keras(model):
