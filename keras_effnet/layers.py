@@ -235,33 +235,32 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def plain_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list] | None:
+def plain_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list | None] | None:
     """(Keras' own layer computing what `layer` computes, the weights it takes) for one of
     ours, else None: what a file loads with in plain Keras (keras_effnet.saving). The
-    stem's `Normalization` becomes Keras' adapt-style Normalization holding the mean and
-    variance (std squared) of our configuration as its weights."""
-    config = layer.get_config()
+    stem's `Normalization` becomes Keras' Normalization with our mean and variance (std
+    squared) in its configuration, in full precision, so `fast_twin` gets the same std
+    back (a float32 weight would not round-trip it)."""
     if type(layer) is Normalization:
-        mean = np.array(layer.mean, np.float32)
-        variance = np.square(np.array(layer.std, np.float32))
-        twin = keras.layers.Normalization(axis=layer.axis, name=layer.name,
-                                          dtype=layer.dtype_policy)
-        return twin, [mean, variance, np.array(0, np.int64)]
+        twin = keras.layers.Normalization(
+            axis=layer.axis, mean=list(layer.mean), variance=[s * s for s in layer.std],
+            name=layer.name, dtype=layer.dtype_policy)
+        return twin, None
     for ours in (BatchNormalization, DepthwiseConv2D):  # same config and weights as Keras'
         if type(layer) is ours:
-            return ours.__mro__[1].from_config(config), layer.get_weights()
+            return ours.__mro__[1].from_config(layer.get_config()), layer.get_weights()
     return None
 
 
-def fast_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list] | None:
+def fast_twin(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, list | None] | None:
     """The inverse of `plain_twin`: our layer for a Keras layer that `plain_twin` made."""
-    config = layer.get_config()
-    if type(layer) is keras.layers.Normalization:
-        mean, variance = (np.asarray(w, np.float64) for w in layer.get_weights()[:2])
-        twin = Normalization(mean.tolist(), np.sqrt(variance).tolist(), axis=layer.axis[0],
-                             name=layer.name, dtype=layer.dtype_policy)
+    if type(layer) is keras.layers.Normalization and layer.input_mean is not None:
+        mean = np.asarray(layer.input_mean, np.float64).ravel()
+        std = np.sqrt(np.asarray(layer.input_variance, np.float64)).ravel()
+        twin = Normalization(mean.tolist(), std.tolist(), axis=layer.axis[0], name=layer.name,
+                             dtype=layer.dtype_policy)
         return twin, None  # our statistics are the configuration; weights as built
     for ours in (BatchNormalization, DepthwiseConv2D):
         if type(layer) is ours.__mro__[1]:
-            return ours.from_config(config), layer.get_weights()
+            return ours.from_config(layer.get_config()), layer.get_weights()
     return None
